@@ -1,0 +1,84 @@
+"""Processor for TMCA: the image processor and the report tokenizer behind one call."""
+
+from transformers import BatchFeature, ProcessorMixin
+
+
+class TmcaProcessor(ProcessorMixin):
+    r"""
+    Wraps a [`TmcaImageProcessor`] and the text encoder's tokenizer. Reports are padded or cut to `max_text_length`
+    tokens, the length the model was trained with.
+
+    Args:
+        image_processor ([`TmcaImageProcessor`]): prepares images and masks.
+        tokenizer ([`PreTrainedTokenizerBase`]): the text encoder's tokenizer.
+        max_text_length (`int`, *optional*, defaults to 24): tokens per report.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "TmcaImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, max_text_length: int = 24, **kwargs):
+        self.max_text_length = max_text_length
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(self, images=None, text=None, segmentation_maps=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """
+        Args:
+            images: one image or a list (PIL, numpy, torch, or file paths); see [`TmcaImageProcessor.preprocess`].
+            text (`str` or `list[str]`, *optional*): one report per image. `None` for text-free inference (models
+                trained with `text_dropout`, or image-only models).
+            segmentation_maps: optional binary masks, one per image (training and evaluation).
+
+        Returns:
+            `BatchFeature` with `pixel_values`, and `input_ids` + `attention_mask` (B, max_text_length) when `text` is
+            given, and `labels` when masks are given.
+        """
+        if images is None:
+            raise ValueError("TmcaProcessor needs images: the model segments images, guided by their reports.")
+        data = dict(self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors=return_tensors))
+        if text is not None:
+            reports = self._check_reports(text, len(data["pixel_values"]))
+            encoding = self.tokenizer(
+                reports,
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_text_length,
+                return_tensors=return_tensors,
+                return_token_type_ids=False,
+                **kwargs,
+            )
+            data.update(encoding)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_reports(text, num_images: int) -> list:
+        reports = [text] if isinstance(text, str) else text
+        if not isinstance(reports, (list, tuple)):
+            raise TypeError(f"text must be a report string or a list of them, got {type(text).__name__}.")
+        bad = [index for index, report in enumerate(reports) if not isinstance(report, str)]
+        if bad:
+            raise TypeError(
+                f"report {bad[0]} is a {type(reports[bad[0]]).__name__}; expected a string for every report "
+                f"({len(bad)} of {len(reports)} are not)."
+            )
+        empty = [index for index, report in enumerate(reports) if not report.strip()]
+        if empty:
+            raise ValueError(
+                f"report {empty[0]} is empty ({len(empty)} of {len(reports)}); pass text=None for text-free "
+                f"inference instead of empty strings."
+            )
+        if len(reports) != num_images:
+            raise ValueError(f"Got {len(reports)} reports for {num_images} images; expected one report per image.")
+        return list(reports)
+
+    def post_process_semantic_segmentation(self, *args, **kwargs):
+        """Forwards to [`TmcaImageProcessor.post_process_semantic_segmentation`]."""
+        return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["pixel_values", "input_ids", "attention_mask"]
+
+
+__all__ = ["TmcaProcessor"]

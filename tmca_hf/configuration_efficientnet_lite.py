@@ -1,12 +1,7 @@
 """EfficientNet-Lite configuration (TMCA image encoder, method section 1)."""
 
 from transformers import PretrainedConfig
-
-
-try:  # transformers >= 5
-    from transformers.backbone_utils import BackboneConfigMixin
-except ImportError:  # transformers 4.x
-    from transformers.utils.backbone_utils import BackboneConfigMixin
+from transformers.backbone_utils import BackboneConfigMixin
 
 
 class EfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
@@ -117,7 +112,10 @@ class EfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
         }
         num_groups = {name: len(values) for name, values in group_lists.items()}
         if len(set(num_groups.values())) != 1:
-            raise ValueError(f"The per-group lists of EfficientNetLiteConfig must have one entry per group, got lengths {num_groups}")
+            raise ValueError(
+                f"kernel_sizes, out_channels, strides, num_block_repeats and expand_ratios must have one entry per "
+                f"block group each, got lengths {num_groups}"
+            )
         if any(stride not in (1, 2) for stride in strides) or 2 not in strides:
             raise ValueError(f"`strides` must hold 1 or 2 per group and at least one 2, got {list(strides)}")
 

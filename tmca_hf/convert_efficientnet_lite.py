@@ -40,7 +40,7 @@ TOP_RENAMES = {
     "_bn1": "head.batchnorm",
     "_fc": "classifier",
 }
-CLASSIFIER_ONLY_PREFIXES = ("head.", "classifier.")
+HEAD_PREFIXES = ("head.", "classifier.")  # weights of the classifier that the backbone lacks
 
 
 def source_state_dict_path() -> Path:
@@ -142,7 +142,7 @@ def load_efficientnet_lite0(
         model = EfficientNetLiteForImageClassification(config)
     else:
         model = EfficientNetLiteBackbone(config)
-        state_dict = {name: tensor for name, tensor in state_dict.items() if not name.startswith(CLASSIFIER_ONLY_PREFIXES)}
+        state_dict = {name: value for name, value in state_dict.items() if not name.startswith(HEAD_PREFIXES)}
     _load_strict(model, state_dict)
     return model.eval()
 
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_efficientnet_lite0(with_classifier=True)
     # save the configuration/modeling files next to the weights, so that the Hub loads them as remote code
+    model.config.auto_map = {"AutoBackbone": "modeling_efficientnet_lite.EfficientNetLiteBackbone"}
     EfficientNetLiteConfig.register_for_auto_class()
     EfficientNetLiteForImageClassification.register_for_auto_class("AutoModelForImageClassification")
     model.save_pretrained(args.output_dir)

@@ -12,15 +12,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
-
-
-try:  # transformers >= 5
-    from transformers.backbone_utils import BackboneMixin
-except ImportError:  # transformers 4.x
-    from transformers.utils.backbone_utils import BackboneMixin
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ def efficientnet_lite_stage_args(config: EfficientNetLiteConfig) -> list[list[Ef
 
 
 def check_pixel_values(pixel_values, num_channels: int) -> None:
-    """Raise a clear error unless `pixel_values` is a float tensor of shape (batch_size, num_channels, height, width)."""
+    """Raise a clear error unless `pixel_values` is a float tensor (batch_size, num_channels, height, width)."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.ndim != 4:
@@ -130,9 +125,8 @@ class EfficientNetLiteSameConv2d(nn.Conv2d):
         if self.stride[0] > 1:
             pad_height = self._same_padding(hidden_states.shape[-2], self.kernel_size[0], self.stride[0])
             pad_width = self._same_padding(hidden_states.shape[-1], self.kernel_size[1], self.stride[1])
-            hidden_states = nn.functional.pad(
-                hidden_states, (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2)
-            )
+            padding = (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2)
+            hidden_states = nn.functional.pad(hidden_states, padding)
         return super().forward(hidden_states)
 
     @staticmethod
@@ -222,7 +216,6 @@ class EfficientNetLiteEncoder(nn.Module):
 
 class EfficientNetLitePreTrainedModel(PreTrainedModel):
     config_class = EfficientNetLiteConfig
-    config: EfficientNetLiteConfig
     base_model_prefix = "efficientnet_lite"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -249,6 +242,8 @@ class EfficientNetLiteBackbone(BackboneMixin, EfficientNetLitePreTrainedModel):
     four feature maps at strides 4, 8, 16 and 32 (24, 40, 112 and 320 channels for Lite0; see `self.channels`)."""
 
     has_attentions = False
+    # a classifier checkpoint loads directly; its head is not part of the backbone
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^classifier\."]
 
     def __init__(self, config: EfficientNetLiteConfig):
         super().__init__(config)

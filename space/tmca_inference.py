@@ -1,0 +1,1 @@
+../tmca_hf/inference.py

@@ -1,0 +1,134 @@
+"""The Hub-ready folder: one save_pretrained folder that rebuilds the model anywhere, with or without tmca_hf."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+from conftest import tiny_config, tiny_processor
+from transformers import AutoModel, AutoProcessor
+
+from tmca_hf import TmcaForImageSegmentation, TmcaProcessor
+from tmca_hf.hub import push_folder_to_hub
+
+
+REMOTE_CODE_FILES = {
+    "configuration_tmca.py",
+    "modeling_tmca.py",
+    "configuration_efficientnet_lite.py",
+    "modeling_efficientnet_lite.py",
+    "image_processing_tmca.py",
+    "processing_tmca.py",
+}
+
+
+def save_tiny(folder, **overrides):
+    torch.manual_seed(0)
+    model = TmcaForImageSegmentation(tiny_config(**overrides)).eval()
+    processor = tiny_processor()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def sample_inputs(processor):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (90, 70), dtype=np.uint8), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+    return processor(images=images, text=["lower left lung.", "bilateral pulmonary infection."])
+
+
+def test_folder_holds_config_code_weights_processor_and_tokenizer(tmp_path):
+    save_tiny(tmp_path)
+    files = {path.name for path in tmp_path.iterdir()}
+    assert REMOTE_CODE_FILES <= files
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_tmca.TmcaConfig",
+        "AutoModel": "modeling_tmca.TmcaForImageSegmentation",
+    }
+    processor_config = json.loads((tmp_path / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_tmca.TmcaProcessor"
+    assert processor_config["max_text_length"] == 16
+
+
+def test_remote_code_files_import_only_torch_and_transformers():
+    package = os.path.dirname(sys.modules["tmca_hf"].__file__)
+    for name in REMOTE_CODE_FILES:
+        source = open(os.path.join(package, name)).read()
+        imports = [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
+        outside = [module for module in imports if module.split(".")[0] not in {"torch", "transformers", "math", "dataclasses", "os", ""}]
+        assert not outside, f"{name} imports {outside}"
+
+
+def test_auto_classes_without_remote_code_when_package_installed(tmp_path):
+    model, processor = save_tiny(tmp_path)
+    inputs = sample_inputs(processor)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is TmcaForImageSegmentation and type(loaded_processor) is TmcaProcessor
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**sample_inputs(loaded_processor)).logits)
+
+
+def test_clean_subprocess_rebuilds_the_same_model_from_remote_code(tmp_path):
+    folder = tmp_path / "tmca-tiny"
+    model, processor = save_tiny(folder, text_dropout=0.1)
+    inputs = sample_inputs(processor)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.save(expected, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 255, (90, 70), dtype=np.uint8), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+        inputs = processor(images=images, text=["lower left lung.", "bilateral pulmonary infection."])
+        with torch.no_grad():
+            logits = model(**inputs).logits
+            text_free = model(pixel_values=inputs["pixel_values"]).logits
+        assert not any(name.startswith("tmca_hf") for name in sys.modules), "tmca_hf was imported"
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        masks = processor.post_process_semantic_segmentation(logits, target_sizes=[(90, 70), (64, 64)])
+        assert [tuple(m.shape) for m in masks] == [(90, 70), (64, 64)]
+        torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=1e-5)
+        print("REMOTE-OK", type(model).__module__, text_free.shape)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "HF_"))}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-OK transformers_modules" in result.stdout
+    assert (tmp_path / "hf_home" / "modules" / "transformers_modules").is_dir()
+
+
+def test_push_uploads_exactly_the_saved_folder(tmp_path, monkeypatch):
+    save_tiny(tmp_path)
+    calls = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
+            calls["create_repo"] = (repo_id, private, exist_ok)
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message, repo_type=None):
+            calls["upload_folder"] = (str(folder_path), repo_id, repo_type)
+            return "commit"
+
+    monkeypatch.setattr("tmca_hf.hub.HfApi", RecordingApi)
+    push_folder_to_hub(tmp_path, "org/tmca", private=True)
+    assert calls["create_repo"] == ("org/tmca", True, True)
+    assert calls["upload_folder"] == (str(tmp_path), "org/tmca", "model")

@@ -1,0 +1,1116 @@
+"""Data for TMCA: image-report-mask triplets from the layouts users bring, as a `datasets.DatasetDict`.
+
+Every reader returns one [`datasets.Dataset`] per split with four columns:
+
+- `image` (`datasets.Image`): the image file's own bytes (PNG, JPEG, ...), not re-encoded;
+- `mask` (`datasets.Image`): a single-channel ("L") PNG with values 0 (background) and 255 (lesion);
+- `text` (`string`): the report that guides the segmentation;
+- `id` (`string`): the example's name (file stem without a `mask_` prefix).
+
+Split names follow the `datasets` convention everywhere: `train`, `validation`, `test`. Names found on disk are
+mapped case-insensitively, with an LViT `_Folder` suffix removed: `Train` -> `train`; `Val`, `Valid`, `Validation`,
+`Dev` -> `validation`; `Test` -> `test`; any other name is kept in lower case (`testA` -> `testa`).
+
+Binary-mask rule (`mask_threshold`, default 127). A mask is read as 8-bit gray: colour masks through PIL's "L"
+conversion, palette masks by palette index, 16-bit and float masks scaled by 255 / their maximum when that exceeds
+255. A mask whose values are all 0 or 1 is a 0/1 label mask and is scaled to 0/255; so is a float mask in [0, 1].
+The mask is then rejected as *not binary* when
+
+1. more than 2 % of its pixels (`MAX_GRAY_FRACTION`) are mid-gray, i.e. in 32..223 (`GRAY_BAND`): soft
+   probability maps, gray images given as masks, colour masks whose lesion colour is not near white; JPEG
+   compression leaves at most 0.7 % of such pixels along the edges of Kvasir-SEG masks; or
+2. it has non-zero pixels but none above `mask_threshold`, so thresholding would wipe it out (class-index maps such
+   as 0/1/2, or masks drawn in a dark gray).
+
+Otherwise the mask becomes `value > mask_threshold` -> 255, else 0. An all-zero mask (no lesion) is valid.
+"""
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+logger = logging.getLogger(__name__)
+
+FEATURES = datasets.Features(
+    {"image": datasets.Image(), "mask": datasets.Image(), "text": datasets.Value("string"), "id": datasets.Value("string")}
+)
+LAYOUTS = ("lvit", "flat", "medvlsm", "disk", "parquet", "hub")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GRAY_BAND = (32, 223)
+MAX_GRAY_FRACTION = 0.02
+MAX_PARQUET_SHARD_BYTES = 500 << 20
+MAX_ROW_GROUP_BYTES = 100 << 20
+
+LAYOUT_HELP = """\
+  lvit:    <Split>_Folder/img/*.png, <Split>_Folder/labelcol/*.png (same names, or with a "mask_" prefix) and a
+           text table with columns Image, Description: <Split>_Folder/<Split>_text.xlsx (LViT) or .csv; the
+           GuideDecoder variant <Split>/Images, <Split>/GTs with prompt/<split>.csv is read too.
+  flat:    images/<id>.png, masks/<id>.png, reports/<id>.txt and split.json ({"train": [ids], "val": [ids]}).
+  medvlsm: images/, masks/ and anns/<split>.json (a list of records with img_name, mask_name, prompts {p0..p9}).
+  disk:    a folder written by DatasetDict.save_to_disk (dataset_dict.json) or save_tmca_dataset(format="arrow").
+  parquet: parquet shards such as data/train-00000-of-00001.parquet (save_tmca_dataset(format="parquet"), Hub).
+  hub:     a Hub dataset id such as "user/name" (datasets.load_dataset)."""
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@dataclass(frozen=True)
+class InvalidExample:
+    """One example that failed the checks: its split, the offending file (or row) and why."""
+
+    split: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"[{self.split}] {self.path}: {self.reason}"
+
+
+class DatasetValidationError(ValueError):
+    """Raised once for all invalid examples of a dataset; `problems` lists them as [`InvalidExample`]s."""
+
+    def __init__(self, source, problems: list):
+        self.problems = list(problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        super().__init__(
+            f"{len(self.problems)} invalid example(s) in {source}; fix them, or pass skip_invalid=True "
+            f"(--skip_invalid) to leave them out:\n{lines}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+
+def normalize_split_name(name: str) -> str:
+    """`Train_Folder` -> `train`, `Val`/`valid`/`dev` -> `validation`, `Test` -> `test`; others lower-cased."""
+    key = re.sub(r"_folder$", "", str(name).strip().lower())
+    key = {"val": "validation", "valid": "validation", "dev": "validation"}.get(key, key)
+    if not re.fullmatch(r"\w+", key):
+        raise ValueError(f"Split name {name!r} is not usable: expected letters, digits and underscores.")
+    return key
+
+
+def _example_key(filename: str) -> str:
+    """File name -> example id: the stem, without the `mask_` prefix that QaTa-COV19 masks carry."""
+    stem = Path(filename).stem
+    return stem[len("mask_") :] if stem.startswith("mask_") else stem
+
+
+def _child(folder: Path, *names: str) -> Optional[Path]:
+    """The first sub-folder of `folder` whose name matches one of `names`, ignoring case."""
+    children = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()} if folder.is_dir() else {}
+    return next((children[name.lower()] for name in names if name.lower() in children), None)
+
+
+def _image_files(folder: Path) -> dict:
+    """id -> list of image files in `folder` with that id (more than one is an ambiguity the caller reports)."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            files.setdefault(_example_key(path.name), []).append(path)
+    return files
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+@dataclass
+class _Example:
+    """An example before decoding: where its files are, its report, and the problems already known."""
+
+    split: str
+    id: str
+    image: Optional[Path] = None
+    mask: Optional[Path] = None
+    text: Optional[str] = None
+    where: str = ""
+    problems: list = field(default_factory=list)
+
+
+def _gray_mask(mask: Image.Image) -> Image.Image:
+    """A mask as 8-bit gray ("L"): palette masks by index, 16-bit/float masks scaled, 0/1 masks scaled to 0/255."""
+    if mask.mode in ("I", "F", "P") or mask.mode.startswith("I;16"):
+        values = np.asarray(mask, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        values = values * 255.0 if peak <= 1.0 else values * (255.0 / peak) if peak > 255.0 else values
+        return Image.fromarray(np.rint(values).clip(0, 255).astype(np.uint8), mode="L")
+    gray = mask if mask.mode == "L" else mask.convert("L")
+    return gray.point([0, 255] + [255] * 254) if gray.getextrema()[1] <= 1 else gray
+
+
+def _binarize_mask(mask: Image.Image, threshold: int):
+    """The module's binary-mask rule. Returns (0/255 "L" image or None, reason or None, already 0/255 PNG?)."""
+    gray = _gray_mask(mask)
+    counts = gray.histogram()  # 256 bins
+    size = gray.width * gray.height
+    gray_fraction = sum(counts[GRAY_BAND[0] : GRAY_BAND[1] + 1]) / max(size, 1)
+    if gray_fraction > MAX_GRAY_FRACTION:
+        return None, (
+            f"mask is not binary: {gray_fraction:.1%} of its pixels are mid-gray ({GRAY_BAND[0]}..{GRAY_BAND[1]}), "
+            f"more than {MAX_GRAY_FRACTION:.0%}; expected values near 0 and 255 (or 0/1)"
+        ), False
+    if sum(counts[threshold + 1 :]) == 0 and counts[0] < size:
+        return None, (
+            f"mask values are at most {max(v for v, n in enumerate(counts) if n)}, none above "
+            f"mask_threshold={threshold}: thresholding would leave it empty (a class-index map? expected 0/255 or 0/1)"
+        ), False
+    canonical = mask.mode == "L" and mask.format == "PNG" and counts[0] + counts[255] == size
+    return gray.point([0] * (threshold + 1) + [255] * (255 - threshold)), None, canonical
+
+
+def _open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decode now: truncated or corrupt files fail here, not in the middle of training
+    return image
+
+
+def _check_pair(image_bytes: bytes, mask_bytes: bytes, threshold: int):
+    """Decode and check one image and its mask. Returns (mask PNG bytes or None, reason or None)."""
+    try:
+        image = _open_image(image_bytes)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        return None, f"unreadable image ({error})"
+    try:
+        mask = _open_image(mask_bytes)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        return None, f"unreadable mask ({error})"
+    if mask.size != image.size:
+        return None, f"mask is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}"
+    binary, reason, canonical = _binarize_mask(mask, threshold)
+    if reason is not None:
+        return None, reason
+    if canonical:
+        return mask_bytes, None
+    buffer = io.BytesIO()
+    binary.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue(), None
+
+
+def _read_bytes(path: Path, what: str):
+    try:
+        return path.read_bytes(), None
+    except OSError as error:
+        return None, f"unreadable {what} ({error.strerror or error})"
+
+
+def _load_example(example: _Example, threshold: int):
+    """Read and check one raw example. Returns (row or None, list of reasons)."""
+    if example.problems:
+        return None, example.problems
+    image_bytes, reason = _read_bytes(example.image, "image")
+    if reason is None:
+        mask_bytes, reason = _read_bytes(example.mask, "mask")
+    if reason is None:
+        mask_bytes, reason = _check_pair(image_bytes, mask_bytes, threshold)
+    if reason is not None:
+        return None, [reason]
+    row = {
+        "image": {"bytes": image_bytes, "path": example.image.name},
+        "mask": {"bytes": mask_bytes, "path": f"{example.id}.png"},
+        "text": example.text,
+        "id": example.id,
+    }
+    return row, []
+
+
+def _parallel_map(function, items: list) -> list:
+    """`map` over threads: PIL and numpy release the GIL while decoding, so this scales with the cores."""
+    workers = min(8, os.cpu_count() or 1)
+    if workers == 1 or len(items) < 64:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items, chunksize=32))
+
+
+def _in_memory_dataset(rows: list, info: datasets.DatasetInfo) -> datasets.Dataset:
+    """Rows of encoded image/mask bytes -> an in-memory Dataset. A random fingerprint spares `from_dict` hashing
+    every image byte (seconds for thousands of images); the data is new, so there is no cache to reuse anyway."""
+    columns = FEATURES.encode_batch({name: [row[name] for row in rows] for name in FEATURES})
+    table = pa.Table.from_pydict(columns, schema=FEATURES.arrow_schema)
+    info = info.copy()
+    info.features = FEATURES
+    fingerprint = datasets.fingerprint.generate_random_fingerprint()
+    return datasets.Dataset(datasets.table.InMemoryTable(table), info=info, fingerprint=fingerprint)
+
+
+def _build_split(examples: list, threshold: int, info: datasets.DatasetInfo):
+    """Decode and check a split's examples. Returns (Dataset of the valid ones, list of InvalidExample)."""
+    results = _parallel_map(lambda example: _load_example(example, threshold), examples)
+    rows, problems = [], []
+    for example, (row, reasons) in zip(examples, results):
+        if row is not None:
+            rows.append(row)
+        problems.extend(InvalidExample(example.split, example.where, reason) for reason in reasons)
+    return _in_memory_dataset(rows, info), problems
+
+
+def _report_text(text) -> Optional[str]:
+    """A report cell/file as a stripped string, None when missing or empty (NaN from pandas included)."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    text = str(text).strip()
+    return text or None
+
+
+def _pair_files(split, root: Path, key: str, images: dict, masks: dict, mask_dir: Path, text, text_problem) -> _Example:
+    """An example from its id, the id -> files maps of the image and mask folders, and its report (or why not)."""
+    example = _Example(split=split, id=key, text=text)
+    found = images.get(key, [])
+    example.where = str(found[0].relative_to(root)) if found else key
+    if len(found) == 1:
+        example.image = found[0]
+    else:
+        example.problems.append("no image file" if not found else f"{len(found)} image files with this id")
+    found = masks.get(key, [])
+    if len(found) == 1:
+        example.mask = found[0]
+    else:
+        example.problems.append(f"no mask in {mask_dir.relative_to(root)}/" if not found else f"{len(found)} mask files")
+    if text_problem is not None:
+        example.problems.append(text_problem)
+    return example
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+
+
+def _lvit_split_folders(root: Path) -> dict:
+    """split -> (split folder, image folder, mask folder) for LViT (`Train_Folder/img`) or GuideDecoder (`Train/Images`)."""
+    found = {}
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or not re.fullmatch(r"(train|val|valid|validation|dev|test)(_folder)?", folder.name.lower()):
+            continue
+        image_dir, mask_dir = _child(folder, "img", "images"), _child(folder, "labelcol", "gts", "masks")
+        if image_dir is not None and mask_dir is not None:
+            found[normalize_split_name(folder.name)] = (folder, image_dir, mask_dir)
+    return found
+
+
+def _read_text_table(path: Path) -> dict:
+    """An LViT/GuideDecoder text table (xlsx or csv) with columns Image, Description -> {id: description}."""
+    import pandas as pd
+
+    try:
+        table = pd.read_excel(path, dtype=str) if path.suffix.lower() == ".xlsx" else pd.read_csv(path, dtype=str)
+    except Exception as error:  # pandas/openpyxl raise many types for malformed files
+        raise ValueError(f"Cannot read the text table {path}: {error}") from None
+    columns = {str(column).strip().lower(): column for column in table.columns}
+    if "image" not in columns or "description" not in columns:
+        raise ValueError(
+            f"The text table {path} has columns {list(table.columns)}; expected 'Image' (file name) and "
+            f"'Description' (report)."
+        )
+    texts = {}
+    for name, text in zip(table[columns["image"]], table[columns["description"]]):
+        if isinstance(name, str) and name.strip():
+            texts.setdefault(_example_key(name.strip()), []).append(text)
+    return texts
+
+
+def _lvit_text_tables(root: Path, split: str, folder: Path) -> list:
+    """The tables holding a split's reports: in the split folder, GuideDecoder's prompt/<split>.csv, or the root."""
+    own = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".xlsx", ".csv"))
+    if own:
+        return own
+    prompt_dir = _child(root, "prompt", "prompts")
+    if prompt_dir is not None:
+        raw = folder.name.lower().removesuffix("_folder")
+        guide = [p for p in prompt_dir.iterdir() if p.suffix.lower() == ".csv" and p.stem.lower() in (raw, split)]
+        if guide:
+            return guide
+    shared = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".xlsx", ".csv"))
+    if shared:
+        return shared
+    raise ValueError(
+        f"No text table for {folder}: expected {folder.name}/{folder.name.split('_')[0]}_text.xlsx (LViT), "
+        f"prompt/{split}.csv (GuideDecoder) or a table with columns Image, Description in {root}."
+    )
+
+
+def _read_lvit(root: Path, splits) -> dict:
+    """LViT / GuideDecoder layout -> {split: [_Example]}."""
+    examples = {}
+    for split, (folder, image_dir, mask_dir) in _lvit_split_folders(root).items():
+        if splits is not None and split not in splits:
+            continue
+        texts = {}
+        for table in _lvit_text_tables(root, split, folder):
+            for key, values in _read_text_table(table).items():
+                texts.setdefault(key, []).extend(values)
+        images, masks = _image_files(image_dir), _image_files(mask_dir)
+        split_examples = []
+        for key in sorted(images):
+            values = texts.get(key, [])
+            reports = {text for text in map(_report_text, values) if text is not None}
+            text = next(iter(reports)) if len(reports) == 1 else None
+            problem = (
+                None if text is not None
+                else f"{len(reports)} different reports in the text table" if reports
+                else "empty report" if values
+                else "no report in the text table"
+            )
+            split_examples.append(_pair_files(split, root, key, images, masks, mask_dir, text, problem))
+        for key in sorted(set(masks) - set(images)):
+            where = str(masks[key][0].relative_to(root))
+            split_examples.append(_Example(split, key, where=where, problems=["mask without an image"]))
+        examples[split] = split_examples
+    return examples
+
+
+def _read_flat(root: Path, splits) -> dict:
+    """Flat layout (images/, masks/, reports/, split.json) -> {split: [_Example]}."""
+    split_file = root / "split.json"
+    if not split_file.is_file():
+        raise ValueError(f"{root} has images/, masks/ and reports/ but no split.json ({{split: [ids]}}).")
+    try:
+        split_ids = json.loads(split_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"Cannot read {split_file}: {error}") from None
+    if not isinstance(split_ids, dict) or not all(isinstance(ids, list) for ids in split_ids.values()):
+        raise ValueError(f"{split_file} must hold {{split name: [ids]}}, got {type(split_ids).__name__}.")
+    images, masks = _image_files(root / "images"), _image_files(root / "masks")
+    seen, examples = {}, {}
+    for raw_split, ids in split_ids.items():
+        split = normalize_split_name(raw_split)
+        if splits is not None and split not in splits:
+            continue
+        split_examples = []
+        for key in map(str, ids):
+            text, problem = _read_report(root / "reports" / f"{key}.txt")
+            example = _pair_files(split, root, key, images, masks, root / "masks", text, problem)
+            if key in seen:
+                example.problems.append(f"also listed in split {seen[key]!r} of split.json")
+            seen.setdefault(key, split)
+            split_examples.append(example)
+        examples[split] = split_examples
+    return examples
+
+
+def _read_report(path: Path):
+    """A report file -> (stripped text or None, problem or None)."""
+    try:
+        text = _report_text(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"no report {path.parent.name}/{path.name}"
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"unreadable report ({error})"
+    return text, None if text is not None else "empty report"
+
+
+def _prompt(prompts, prompt_key: str):
+    """A medvlsm prompt: p0..p6 are strings; p7..p9 are lists of sentences, of which the first is used."""
+    value = prompts.get(prompt_key) if isinstance(prompts, dict) else None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def _read_medvlsm(root: Path, splits, prompt_key: str) -> dict:
+    """medvlsm layout (images/, masks/, anns/<split>.json) -> {split: [_Example]}."""
+    images, masks = _image_files(root / "images"), _image_files(root / "masks")
+    image_names = {path.name: path for paths in images.values() for path in paths}
+    mask_names = {path.name: path for paths in masks.values() for path in paths}
+    examples = {}
+    for ann_file in sorted((root / "anns").glob("*.json")):
+        split = normalize_split_name(ann_file.stem)
+        if splits is not None and split not in splits:
+            continue
+        try:
+            records = json.loads(ann_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"Cannot read {ann_file}: {error}") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{ann_file} must hold a list of records (img_name, mask_name, prompts).")
+        keys = sorted({key for record in records if isinstance(record, dict) for key in record.get("prompts") or {}})
+        if records and prompt_key not in keys:
+            raise ValueError(f"prompt_key={prompt_key!r} is not in the prompts of {ann_file}; found {keys}.")
+        split_examples = []
+        for index, record in enumerate(records):
+            record = record if isinstance(record, dict) else {}
+            image_name, mask_name = str(record.get("img_name", "")), str(record.get("mask_name", ""))
+            example = _Example(split, _example_key(image_name) or f"record {index}", where=f"images/{image_name}")
+            example.image, example.mask = image_names.get(image_name), mask_names.get(mask_name)
+            example.text = _report_text(_prompt(record.get("prompts"), prompt_key))
+            if example.image is None:
+                example.problems.append(f"no image file (anns/{ann_file.name} record {index})")
+            if example.mask is None:
+                example.problems.append(f"no mask masks/{mask_name}")
+            if example.text is None:
+                example.problems.append(f"empty prompt {prompt_key}")
+            split_examples.append(example)
+        examples[split] = split_examples
+    return examples
+
+
+def detect_layout(folder: Union[str, os.PathLike]) -> str:
+    """The layout of a local folder: "lvit", "flat", "medvlsm", "disk" or "parquet"; ValueError when none fits."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder.")
+    has = {name: (root / name).is_dir() for name in ("images", "masks", "reports", "anns")}
+    matches = []
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        matches.append("disk")
+    if has["images"] and has["masks"] and has["reports"]:
+        matches.append("flat")
+    if has["images"] and has["masks"] and has["anns"]:
+        matches.append("medvlsm")
+    if _lvit_split_folders(root):
+        matches.append("lvit")
+    if not matches and next(root.rglob("*.parquet"), None) is not None:
+        matches.append("parquet")
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ValueError(f"{root} looks like several layouts ({', '.join(matches)}); pass layout= to choose one.")
+    raise ValueError(f"{root} matches no known dataset layout. The layouts are:\n{LAYOUT_HELP}")
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+
+_KNOWN_SOURCES = (
+    (
+        "QaTa-COV19",
+        "qata",
+        "QaTa-COV19 (Qatar University, Tampere University): the licence of the original release (not verified here).",
+        "@article{degerli2021covid,\n  title={COVID-19 infection map generation and detection from chest X-ray images},\n"
+        "  author={Degerli, Aysen and Ahishali, Mete and Yamac, Mehmet and Kiranyaz, Serkan and Chowdhury, Muhammad "
+        "E. H. and Hameed, Khalid and Hamid, Tahir and Mazhar, Rashid and Gabbouj, Moncef},\n"
+        "  journal={Health Information Science and Systems},\n  volume={9},\n  pages={15},\n  year={2021}\n}",
+    ),
+    (
+        "LViT text annotations",
+        "lvit",
+        "LViT text annotations: the licence of the LViT release (github.com/HUANGLIZI/LViT; not verified here).",
+        "@article{li2023lvit,\n  title={LViT: Language meets Vision Transformer in Medical Image Segmentation},\n"
+        "  author={Li, Zihan and Li, Yunxiang and Li, Qingde and Zhang, You and Wang, Puyang and Guo, Dazhou and "
+        "Lu, Le and Jin, Dakai and Hong, Qingqi},\n  journal={IEEE Transactions on Medical Imaging},\n  year={2023}\n}",
+    ),
+    (
+        "MosMedData",
+        "mosmed",
+        "MosMedData: the licence of the original release (not verified here).",
+        "@article{morozov2020mosmeddata,\n  title={MosMedData: Chest CT Scans With COVID-19 Related Findings Dataset},\n"
+        "  author={Morozov, S. P. and others},\n  journal={arXiv preprint arXiv:2005.06465},\n  year={2020}\n}",
+    ),
+    (
+        "MoNuSeg",
+        "monuseg",
+        "MoNuSeg: the licence of the challenge release (not verified here).",
+        "@article{kumar2017dataset,\n  title={A Dataset and a Technique for Generalized Nuclear Segmentation for "
+        "Computational Pathology},\n  author={Kumar, Neeraj and Verma, Ruchika and Sharma, Sanuj and Bhargava, "
+        "Surabhi and Vahadane, Abhishek and Sethi, Amit},\n  journal={IEEE Transactions on Medical Imaging},\n"
+        "  volume={36},\n  number={7},\n  pages={1550--1560},\n  year={2017}\n}",
+    ),
+    (
+        "Kvasir-SEG",
+        "kvasir",
+        "Kvasir-SEG (Simula): research and educational use, with citation (not verified here).",
+        "@inproceedings{jha2020kvasir,\n  title={Kvasir-SEG: A Segmented Polyp Dataset},\n  author={Jha, Debesh and "
+        "Smedsrud, Pia H. and Riegler, Michael A. and Halvorsen, P{\\aa}l and de Lange, Thomas and Johansen, Dag and "
+        "Johansen, H{\\aa}vard D.},\n  booktitle={MultiMedia Modeling (MMM 2020)},\n  pages={451--462},\n  year={2020}\n}",
+    ),
+    (
+        "medvlsm prompts",
+        "medvlsm",
+        "medvlsm prompts (github.com/naamiinepal/medvlsm): MIT licence.",
+        "@inproceedings{poudel2024exploring,\n  title={Exploring Transfer Learning in Medical Image Segmentation using "
+        "Vision-Language Models},\n  author={Poudel, Kanchan and Dhakal, Manish and Bhandari, Prasiddha and Adhikari, "
+        "Rabin and Thapaliya, Safal and Khanal, Bishesh},\n  booktitle={Medical Imaging with Deep Learning (MIDL)},\n"
+        "  year={2024},\n  note={arXiv:2308.07706}\n}",
+    ),
+)
+
+
+def _source_info(root: Path, layout: str, prompt_key: str) -> datasets.DatasetInfo:
+    """Provenance for a raw folder: its README as description, citations and licences of the sources it names."""
+    readme = root / "README.md"
+    description = readme.read_text(encoding="utf-8", errors="replace").strip() if readme.is_file() else ""
+    known = [source for source in _KNOWN_SOURCES if source[1] in (description + " " + layout).lower()]
+    if layout == "medvlsm":
+        description = f"{description}\n\nReports: medvlsm prompt {prompt_key}.".strip()
+    return datasets.DatasetInfo(
+        description=description,
+        citation="\n\n".join(source[3] for source in known),
+        license="\n".join(source[2] for source in known),
+        features=FEATURES,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _from_examples(root: Path, examples: dict, threshold: int, info) -> tuple:
+    splits, problems = {}, []
+    for split, split_examples in examples.items():
+        splits[split], split_problems = _build_split(split_examples, threshold, info)
+        problems.extend(split_problems)
+    return datasets.DatasetDict(splits), problems
+
+
+def _check_prebuilt_split(split: str, dataset: datasets.Dataset, text_column: str, threshold: int):
+    """Check a split of a saved/parquet/Hub dataset. Returns (Dataset with the four columns, list of InvalidExample)."""
+    missing = [name for name in ("image", "mask", text_column) if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Split {split!r} has columns {dataset.column_names}; missing {missing}. Expected an 'image' and a "
+            f"'mask' column (datasets.Image) and a report column (pass text_column= when it is not 'text')."
+        )
+    for name in ("image", "mask"):
+        if not isinstance(dataset.features[name], datasets.Image):
+            raise ValueError(f"Column {name!r} of split {split!r} is {dataset.features[name]}; expected datasets.Image().")
+    columns = ["image", "mask", text_column] + (["id"] if "id" in dataset.column_names else [])
+    raw = dataset.select_columns(columns).cast_column("image", datasets.Image(decode=False))
+    raw = raw.cast_column("mask", datasets.Image(decode=False))
+
+    def check(row: dict):
+        """row -> (output row or None, reason or None, mask rewritten?)."""
+        image, mask, text = row["image"], row["mask"], _report_text(row[text_column])
+        if text is None:
+            return None, "empty report", False
+        image_bytes, mask_bytes = image["bytes"], mask["bytes"]
+        try:
+            image_bytes = image_bytes if image_bytes is not None else Path(image["path"]).read_bytes()
+            mask_bytes = mask_bytes if mask_bytes is not None else Path(mask["path"]).read_bytes()
+        except (OSError, TypeError) as error:
+            return None, f"unreadable file ({error})", False
+        new_mask, reason = _check_pair(image_bytes, mask_bytes, threshold)
+        if reason is not None:
+            return None, reason, False
+        out = {"image": {"bytes": image_bytes, "path": image["path"]}, "text": text, "id": str(row["id"])}
+        out["mask"] = {"bytes": new_mask, "path": f"{row['id']}.png"}
+        return out, None, new_mask is not mask_bytes
+
+    rows, problems, rewritten, start = [], [], False, 0
+    for batch in raw.iter(batch_size=256):
+        size = len(batch["image"])
+        ids = batch.get("id") or [f"{split}-{index:06d}" for index in range(start, start + size)]
+        batch_rows = [{**{name: batch[name][i] for name in batch}, "id": ids[i]} for i in range(size)]
+        for index, (out, reason, changed) in enumerate(_parallel_map(check, batch_rows), start=start):
+            if reason is not None:
+                problems.append(InvalidExample(split, f"row {index} (id {ids[index - start]})", reason))
+            else:
+                rows.append(out)
+                rewritten = rewritten or changed
+        start += size
+    if not problems and not rewritten and text_column == "text" and dataset.select_columns(list(FEATURES)).features == FEATURES:
+        return dataset.select_columns(list(FEATURES)), problems  # already clean: keep it (memory-mapped when on disk)
+    return _in_memory_dataset(rows, dataset.info), problems
+
+
+def _read_parquet_folder(root: Path) -> datasets.DatasetDict:
+    """Parquet shards named by the Hub conventions (data/train-00000-of-00001.parquet, train/*.parquet, ...)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    files = DataFilesDict.from_patterns(get_data_patterns(str(root)), base_path=str(root))
+    splits = {}
+    for split, paths in files.items():
+        paths = [path for path in paths if path.endswith(".parquet")]
+        if not paths:
+            continue
+        tables = [pq.read_table(path, memory_map=True) for path in paths]
+        metadata = json.loads((tables[0].schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {})
+        info = datasets.DatasetInfo(
+            description=metadata.get("description", ""),
+            citation=metadata.get("citation", ""),
+            license=metadata.get("license", ""),
+        )
+        table = datasets.table.InMemoryTable(pa.concat_tables(tables, promote_options="default"))
+        splits[split] = datasets.Dataset(table, info=info)
+    if not splits:
+        raise ValueError(f"No parquet shards named by split found in {root} (e.g. data/train-00000-of-00001.parquet).")
+    return datasets.DatasetDict(splits)
+
+
+def _load_prebuilt(source, layout: str, load_kwargs: dict) -> datasets.DatasetDict:
+    if layout == "disk":
+        loaded = datasets.load_from_disk(str(source))
+    elif layout == "parquet":
+        loaded = _read_parquet_folder(Path(source))
+    else:
+        loaded = datasets.load_dataset(str(source), **load_kwargs)
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({str(loaded.split or "train"): loaded})
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"{source} gave a {type(loaded).__name__}; expected a DatasetDict of map-style datasets.")
+    return datasets.DatasetDict({normalize_split_name(name): split for name, split in loaded.items()})
+
+
+def _is_hub_id(source: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source)) and not source.startswith((".", "/"))
+
+
+def load_tmca_dataset(
+    source: Union[str, os.PathLike],
+    *,
+    layout: str = "auto",
+    prompt_key: str = "p6",
+    text_column: Optional[str] = None,
+    mask_threshold: int = 127,
+    skip_invalid: bool = False,
+    splits=None,
+    **load_dataset_kwargs,
+) -> datasets.DatasetDict:
+    """
+    Read image-report-mask triplets into a `DatasetDict` with columns image, mask, text, id (see the module docstring
+    for split names and the binary-mask rule).
+
+    Args:
+        source: a local folder in the LViT, flat or medvlsm layout, a folder written by `save_to_disk` or
+            [`save_tmca_dataset`], a folder of parquet shards, or a Hub dataset id.
+        layout: "auto" (detect), or one of "lvit", "flat", "medvlsm", "disk", "parquet", "hub".
+        prompt_key: medvlsm prompt used as the report ("p0".."p9"; p7-p9 are lists: their first sentence is used).
+        text_column: the report column of a saved/parquet/Hub dataset, when it is not "text".
+        mask_threshold: mask values above it are lesion (0..254).
+        skip_invalid: leave invalid examples out (with a warning) instead of raising one
+            [`DatasetValidationError`] that lists them all.
+        splits: only read these splits (names as on disk or normalised, e.g. ["train", "val"]).
+        **load_dataset_kwargs: passed to `datasets.load_dataset` for Hub ids (revision, token, cache_dir, ...).
+
+    Returns:
+        `datasets.DatasetDict`. Its attribute `invalid_examples` lists the skipped [`InvalidExample`]s (empty when
+        nothing was skipped); DatasetDict methods return new objects without it.
+    """
+    if load_dataset_kwargs and not (layout in ("auto", "hub") and not Path(source).exists()):
+        raise TypeError(
+            f"load_tmca_dataset got unexpected keyword arguments {sorted(load_dataset_kwargs)} (extra keywords only "
+            f"go to datasets.load_dataset for Hub ids)."
+        )
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not one of 'auto', {', '.join(map(repr, LAYOUTS))}.")
+    if not 0 <= int(mask_threshold) < 255:
+        raise ValueError(f"mask_threshold={mask_threshold} must lie in 0..254.")
+    path = Path(source)
+    if layout == "auto":
+        if path.exists():
+            layout = detect_layout(path)
+        elif _is_hub_id(str(source)):
+            layout = "hub"
+        else:
+            raise FileNotFoundError(f"{source} is neither an existing folder nor a Hub dataset id ('user/name').")
+    elif layout != "hub" and not path.is_dir():
+        raise FileNotFoundError(f"{source} is not a folder (layout={layout!r} reads a local folder).")
+    wanted = None if splits is None else {normalize_split_name(name) for name in splits}
+    raw_layout = layout in ("lvit", "flat", "medvlsm")
+    if text_column is not None and raw_layout:
+        raise ValueError(
+            f"text_column applies to saved, parquet and Hub datasets; the {layout} layout defines its reports "
+            f"(use prompt_key= for medvlsm)."
+        )
+
+    if raw_layout:
+        readers = {
+            "lvit": lambda: _read_lvit(path, wanted),
+            "flat": lambda: _read_flat(path, wanted),
+            "medvlsm": lambda: _read_medvlsm(path, wanted, prompt_key),
+        }
+        examples = readers[layout]()
+        _check_wanted(source, wanted, examples)
+        dataset_dict, problems = _from_examples(path, examples, mask_threshold, _source_info(path, layout, prompt_key))
+    else:
+        loaded = _load_prebuilt(source, layout, load_dataset_kwargs)
+        _check_wanted(source, wanted, loaded)
+        checked, problems = {}, []
+        for split, dataset in loaded.items():
+            if wanted is None or split in wanted:
+                checked[split], split_problems = _check_prebuilt_split(split, dataset, text_column or "text", mask_threshold)
+                problems.extend(split_problems)
+        dataset_dict = datasets.DatasetDict(checked)
+
+    if problems and not skip_invalid:
+        raise DatasetValidationError(source, problems)
+    if problems:
+        message = f"Skipped {len(problems)} invalid example(s) in {source}; see .invalid_examples for the list."
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
+    dataset_dict.invalid_examples = problems
+    return dataset_dict
+
+
+def _check_wanted(source, wanted, found) -> None:
+    if wanted is not None and not wanted <= set(found):
+        raise ValueError(f"Split(s) {sorted(wanted - set(found))} not found in {source}; it has {sorted(found)}.")
+    if not found:
+        raise ValueError(f"No splits found in {source}.")
+
+
+# ------------------------------------------------------------------------------------------------ saving
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder that save_tmca_dataset (or save_to_disk) wrote: the only kind overwrite=True may delete."""
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return True
+    names = {path.name for path in folder.iterdir()}
+    data = folder / "data"
+    return names <= {"data", "README.md"} and data.is_dir() and all(p.suffix == ".parquet" for p in data.iterdir())
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, dataset_dict) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder.")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+        if not _is_saved_dataset(output_dir):
+            raise FileExistsError(
+                f"{output_dir} is not empty and does not look like a dataset saved by save_tmca_dataset "
+                f"(dataset_dict.json, or data/*.parquet); refusing to delete it even with overwrite=True."
+            )
+    resolved = output_dir.resolve()
+    for dataset in dataset_dict.values():
+        for cache_file in dataset.cache_files:
+            if resolved in Path(cache_file["filename"]).resolve().parents:
+                raise ValueError(f"Cannot overwrite {output_dir}: the dataset being saved is read from it.")
+
+
+def _write_parquet_split(dataset: datasets.Dataset, folder: Path, split: str) -> None:
+    """Shards of at most ~500 MB, row groups of at most ~100 MB, with features and provenance in the metadata."""
+    num_shards = max(1, math.ceil(dataset.data.nbytes / MAX_PARQUET_SHARD_BYTES))
+    rows_per_group = max(1, len(dataset) * MAX_ROW_GROUP_BYTES // max(dataset.data.nbytes, 1))
+    info = {
+        "features": dataset.features.to_dict(),
+        "description": dataset.info.description,
+        "citation": dataset.info.citation,
+        "license": dataset.info.license,
+    }
+    arrow = dataset.with_format("arrow")
+    for index in range(num_shards):
+        shard = arrow.shard(num_shards, index, contiguous=True)[:]
+        shard = shard.replace_schema_metadata({"huggingface": json.dumps({"info": info})})
+        pq.write_table(shard, folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet", row_group_size=rows_per_group)
+
+
+def save_tmca_dataset(
+    dataset_dict: datasets.DatasetDict,
+    output_dir: Union[str, os.PathLike],
+    format: str = "arrow",
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """
+    Save a TMCA `DatasetDict`: `format="arrow"` writes `save_to_disk` (fast to reload, keeps provenance);
+    `format="parquet"` writes `data/<split>-00000-of-0000N.parquet` shards and a README dataset card, the layout the
+    Hub uses (`load_dataset(output_dir)` and [`load_tmca_dataset`] read it). An existing non-empty `output_dir` is
+    only replaced with `overwrite=True`; the new copy is written beside it first and then moved in place.
+    """
+    if format not in ("arrow", "parquet"):
+        raise ValueError(f"format={format!r}; expected 'arrow' or 'parquet'.")
+    if not isinstance(dataset_dict, datasets.DatasetDict):
+        raise TypeError(f"Expected a datasets.DatasetDict, got {type(dataset_dict).__name__}.")
+    output_dir = Path(output_dir)
+    _prepare_output(output_dir, overwrite, dataset_dict)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        if format == "arrow":
+            dataset_dict.save_to_disk(str(staging / "dataset"))
+            staging_data = staging / "dataset"
+        else:
+            staging_data = staging / "dataset"
+            (staging_data / "data").mkdir(parents=True)
+            for split, dataset in dataset_dict.items():
+                _write_parquet_split(dataset, staging_data / "data", split)
+            (staging_data / "README.md").write_text(make_dataset_card(dataset_dict), encoding="utf-8")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging_data, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def _size_category(count: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if count < limit:
+            return name
+    return "n>1M"
+
+
+def make_dataset_card(dataset_dict: datasets.DatasetDict, repo_id: Optional[str] = None, pretty_name: Optional[str] = None) -> str:
+    """
+    A Hub dataset card (README.md with YAML metadata) for a TMCA `DatasetDict`: split sizes, columns, the mask
+    convention, the source description, licences and citations that [`load_tmca_dataset`] recorded in the
+    splits' `DatasetInfo` (from the source folder's README), and the research-use note.
+    """
+    from huggingface_hub import DatasetCardData
+
+    first = next(iter(dataset_dict.values()))
+    name = pretty_name or (repo_id.split("/")[-1] if repo_id else "TMCA image-report-mask dataset")
+    total = sum(len(split) for split in dataset_dict.values())
+    metadata = DatasetCardData(
+        pretty_name=name,
+        license="other",
+        language=["en"],
+        task_categories=["image-segmentation"],
+        size_categories=[_size_category(total)],
+        tags=["medical", "language-guided-segmentation", "tmca"],
+    )
+    rows = "\n".join(f"| {split} | {len(dataset):,} |" for split, dataset in dataset_dict.items())
+    load_name = repo_id or "<repo_id or folder>"
+    licences = first.info.license.strip() or "Not recorded: add the licences of the original sources."
+    citation = first.info.citation.strip() or "Not recorded: add the citations of the original sources."
+    description = first.info.description.strip() or "Not recorded."
+    return f"""---
+{metadata.to_yaml()}
+---
+
+# {name}
+
+Image, report and lesion-mask triplets for language-guided medical image segmentation (TMCA, `tmca-hf`).
+
+## Dataset structure
+
+| split | examples |
+| --- | --- |
+{rows}
+
+Columns:
+- `image` (Image): the image, as in the source (gray or RGB);
+- `mask` (Image): single-channel PNG, 0 = background, 255 = lesion (same size as the image);
+- `text` (string): the report that guides the segmentation;
+- `id` (string): the example's name in the source.
+
+```python
+from datasets import load_dataset
+dataset = load_dataset("{load_name}")
+# or, with tmca-hf (checks masks and reports): tmca_hf.data.load_tmca_dataset("{load_name}")
+```
+
+## Source
+
+{description}
+
+## Licence
+
+The images, masks and reports keep the licences of their original sources:
+
+{licences}
+
+## Intended use
+
+Research use only; not for clinical decisions.
+
+## Citation
+
+```bibtex
+{citation}
+```
+"""
+
+
+def push_tmca_dataset(
+    dataset_dict: datasets.DatasetDict,
+    repo_id: str,
+    private: bool = False,
+    card: Optional[str] = None,
+    *,
+    token: Optional[str] = None,
+):
+    """
+    Push a TMCA `DatasetDict` to a Hub dataset repo as parquet, with a dataset card (`card`, or
+    [`make_dataset_card`]'s). The card goes up first; `push_to_hub` then adds its `dataset_info`/`configs`
+    metadata to it. Returns the commit info of the data upload.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
+    card_text = card if card is not None else make_dataset_card(dataset_dict, repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=card_text.encode("utf-8"),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+        repo_type="dataset",
+        commit_message="Add dataset card",
+    )
+    return dataset_dict.push_to_hub(repo_id, private=private, token=token)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _uniform(generator) -> float:
+    if isinstance(generator, np.random.Generator):
+        return float(generator.random())
+    return float(torch.rand((), generator=generator))
+
+
+class RandomZoom:
+    """
+    The lineage's light zoom augmentation (method section 6), applied jointly to an image and its mask: a square
+    window of side 1/s of the image (s uniform in `scale`) at a random position is resized back to the full size,
+    bicubic for the image and nearest for the mask, so both stay aligned and the mask stays binary.
+
+    Args:
+        scale (`tuple[float, float]`, defaults to (1.0, 1.2)): zoom factor range; 1.0 keeps the whole image.
+        p (`float`, defaults to 1.0): probability of zooming at all.
+        generator: a `torch.Generator` or `numpy.random.Generator` for reproducible draws. The default (None) uses
+            torch's global generator, which DataLoader seeds differently in each worker; a generator passed here
+            is copied into every worker, which then repeat the same draws.
+    """
+
+    def __init__(self, scale=(1.0, 1.2), p: float = 1.0, generator=None):
+        low, high = float(scale[0]), float(scale[1])
+        if not 1.0 <= low <= high:
+            raise ValueError(f"scale={scale} must satisfy 1.0 <= min <= max (a zoom in, never out).")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p={p} must lie in [0, 1].")
+        if generator is not None and not isinstance(generator, (torch.Generator, np.random.Generator)):
+            raise TypeError(f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}.")
+        self.scale, self.p, self.generator = (low, high), p, generator
+
+    def __call__(self, image: Image.Image, mask: Image.Image):
+        if image.size != mask.size:
+            raise ValueError(f"image is {image.size[0]}x{image.size[1]} but its mask is {mask.size[0]}x{mask.size[1]}.")
+        if _uniform(self.generator) >= self.p:
+            return image, mask
+        zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * _uniform(self.generator)
+        width, height = image.size
+        crop_width, crop_height = max(1, round(width / zoom)), max(1, round(height / zoom))
+        left = math.floor(_uniform(self.generator) * (width - crop_width + 1))
+        top = math.floor(_uniform(self.generator) * (height - crop_height + 1))
+        box = (left, top, left + crop_width, top + crop_height)
+        return (
+            image.resize(image.size, Image.Resampling.BICUBIC, box=box),
+            mask.resize(mask.size, Image.Resampling.NEAREST, box=box),
+        )
+
+    def __repr__(self) -> str:
+        return f"RandomZoom(scale={self.scale}, p={self.p})"
+
+
+class TmcaSegmentationCollator:
+    """
+    Turns dataset rows (dicts with PIL `image`, PIL `mask`, the report and `id`) into a model batch:
+    `processor(images=..., text=..., segmentation_maps=..., return_tensors="pt")`, after the optional joint
+    augmentation (e.g. [`RandomZoom`]). With `Trainer`, set `remove_unused_columns=False`, or the image/mask/text
+    columns are dropped before they reach the collator.
+
+    Args:
+        processor ([`TmcaProcessor`]): prepares images, masks and reports.
+        augment (callable, *optional*): `(image, mask) -> (image, mask)`, applied to each row (training only).
+        text_column (`str`, defaults to "text"): the report column.
+        return_ids (`bool`, defaults to False): also return `ids` (a list of strings; the model's forward does not
+            take it, so pop it before calling the model).
+    """
+
+    def __init__(self, processor, augment=None, text_column: str = "text", return_ids: bool = False):
+        self.processor, self.augment, self.text_column, self.return_ids = processor, augment, text_column, return_ids
+
+    def __call__(self, rows: list):
+        if not rows:
+            raise ValueError("TmcaSegmentationCollator got an empty batch.")
+        missing = [name for name in ("image", "mask", self.text_column) if name not in rows[0]]
+        if missing:
+            raise KeyError(
+                f"Dataset rows lack {missing} (they have {sorted(rows[0])}); with Trainer set "
+                f"remove_unused_columns=False, and pass text_column= when the reports are not in 'text'."
+            )
+        pairs = [(row["image"], row["mask"]) for row in rows]
+        if self.augment is not None:
+            pairs = [self.augment(image, mask) for image, mask in pairs]
+        batch = self.processor(
+            images=[image for image, _ in pairs],
+            text=[row[self.text_column] for row in rows],
+            segmentation_maps=[mask for _, mask in pairs],
+            return_tensors="pt",
+        )
+        if self.return_ids:
+            batch["ids"] = [row.get("id") for row in rows]
+        return batch
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def _load_from_args(args) -> datasets.DatasetDict:
+    return load_tmca_dataset(
+        args.source,
+        layout=args.layout,
+        prompt_key=args.prompt_key,
+        text_column=args.text_column,
+        mask_threshold=args.mask_threshold,
+        skip_invalid=args.skip_invalid,
+        splits=args.splits,
+    )
+
+
+def main(argv=None) -> int:
+    """`tmca-data convert SOURCE OUTPUT_DIR ...` and `tmca-data push SOURCE REPO_ID ...`."""
+    parser = argparse.ArgumentParser(prog="tmca-data", description="Read, check, convert and push TMCA datasets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="read a dataset in any layout and save it (arrow or parquet)")
+    convert.add_argument("source")
+    convert.add_argument("output_dir")
+    convert.add_argument("--format", choices=("arrow", "parquet"), default="arrow")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    push = commands.add_parser("push", help="read a dataset in any layout and push it to a Hub dataset repo")
+    push.add_argument("source")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    for command in (convert, push):
+        command.add_argument("--layout", choices=("auto",) + LAYOUTS, default="auto")
+        command.add_argument("--prompt_key", default="p6", help="medvlsm prompt used as the report (default p6)")
+        command.add_argument("--text_column", default=None, help="report column of saved/parquet/Hub datasets")
+        command.add_argument("--mask_threshold", type=int, default=127)
+        command.add_argument("--splits", nargs="+", default=None, help="only these splits")
+        command.add_argument("--skip_invalid", action="store_true", help="leave invalid examples out")
+    args = parser.parse_args(argv)
+
+    try:
+        dataset_dict = _load_from_args(args)
+        for split, dataset in dataset_dict.items():
+            print(f"{split}: {len(dataset)} examples")
+        if dataset_dict.invalid_examples:
+            print(f"skipped: {len(dataset_dict.invalid_examples)} invalid examples")
+        if args.command == "convert":
+            if Path(args.source).resolve() == Path(args.output_dir).resolve():
+                raise ValueError("OUTPUT_DIR must differ from SOURCE.")
+            output = save_tmca_dataset(dataset_dict, args.output_dir, format=args.format, overwrite=args.overwrite)
+            print(f"saved ({args.format}) to {output}")
+        else:
+            push_tmca_dataset(dataset_dict, args.repo_id, private=args.private)
+            print(f"pushed to https://huggingface.co/datasets/{args.repo_id}")
+    except (ValueError, OSError) as error:
+        print(f"tmca-data: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = [
+    "DatasetValidationError",
+    "InvalidExample",
+    "RandomZoom",
+    "TmcaSegmentationCollator",
+    "detect_layout",
+    "load_tmca_dataset",
+    "make_dataset_card",
+    "normalize_split_name",
+    "push_tmca_dataset",
+    "save_tmca_dataset",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

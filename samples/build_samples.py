@@ -36,11 +36,10 @@ def pick(ids: list, report_of, count: int) -> list:
 
 def build_qata(source: Path, target: Path) -> None:
     split_ids = json.loads((source / "split.json").read_text())
-    report = {}
     chosen = {}
     for split, count in QATA_COUNTS.items():
         ids = sorted(split_ids[split])
-        chosen[split] = pick(ids, lambda id_: report.setdefault(id_, (source / "reports" / f"{id_}.txt").read_text()), count)
+        chosen[split] = pick(ids, lambda id_: (source / "reports" / f"{id_}.txt").read_text(), count)
     for folder in ("images", "masks", "reports"):
         (target / folder).mkdir(parents=True, exist_ok=True)
     for id_ in sum(chosen.values(), []):
@@ -54,11 +53,13 @@ def build_kvasir(source: Path, target: Path) -> None:
     for folder in ("images", "masks", "anns"):
         (target / folder).mkdir(parents=True, exist_ok=True)
     for split, count in KVASIR_COUNTS.items():
-        records = {record["img_name"]: record for record in json.loads((source / "anns" / f"{split}.json").read_text())}
+        records = json.loads((source / "anns" / f"{split}.json").read_text())
+        records = {record["img_name"]: record for record in records}
         names = pick(sorted(records), lambda name: records[name]["prompts"]["p6"], count)
         for name in names:
             shutil.copyfile(source / "images" / name, target / "images" / name)
-            shutil.copyfile(source / "masks" / records[name]["mask_name"], target / "masks" / records[name]["mask_name"])
+            mask_name = records[name]["mask_name"]
+            shutil.copyfile(source / "masks" / mask_name, target / "masks" / mask_name)
         (target / "anns" / f"{split}.json").write_text(json.dumps([records[name] for name in names], indent=1) + "\n")
 
 

@@ -95,8 +95,8 @@ def tiny_config():
 
 def test_logits_match_functional_reference(source_state_dict, classifier):
     torch.manual_seed(0)
-    # 224 (even sizes: asymmetric padding at every downsampling) and 97x130 (odd and even sizes mixed)
-    for shape in [(1, 3, 224, 224), (1, 3, 97, 130)]:
+    # 128x160: even sizes at every downsampling (asymmetric "SAME" padding); 97x130: odd and even sizes mixed
+    for shape in [(2, 3, 128, 160), (1, 3, 97, 130)]:
         pixel_values = torch.rand(shape) * 2 - 1
         with torch.no_grad():
             expected = reference_forward(source_state_dict, pixel_values)
@@ -163,6 +163,17 @@ def test_tiny_random_config(tiny_config):
     assert outputs.logits.shape == (2, 3)
     outputs.loss.backward()
     assert classifier.encoder.stem.convolution.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "width, depth, num_params",
+    # EfficientNet-Lite1..4 sizes of the TensorFlow reference (5.417M, 6.092M, 8.197M, 13.007M parameters)
+    [(1.0, 1.1, 5_416_680), (1.1, 1.2, 6_092_072), (1.2, 1.4, 8_197_096), (1.4, 1.8, 13_006_568)],
+)
+def test_width_and_depth_scaling_give_lite1_to_lite4(width, depth, num_params):
+    config = EfficientNetLiteConfig(width_coefficient=width, depth_coefficient=depth)
+    model = EfficientNetLiteForImageClassification(config)
+    assert sum(parameter.numel() for parameter in model.parameters()) == num_params
 
 
 def test_out_features_selection(tiny_config):

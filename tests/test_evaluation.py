@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import tiny_config, tiny_processor
 from tmca_hf import TmcaForImageSegmentation
+from tmca_hf.data import FEATURES
 from tmca_hf import evaluation
 from tmca_hf.evaluation import TEXT_MODES, derangement, evaluate
 
@@ -36,10 +37,7 @@ def make_split(sizes, texts, masks=None) -> datasets.Dataset:
             mask = masks[index]
         mask_images.append(Image.fromarray(mask, mode="L"))
     data = {"image": images, "mask": mask_images, "text": texts, "id": [f"img{i}" for i in range(len(sizes))]}
-    features = datasets.Features(
-        {"image": datasets.Image(), "mask": datasets.Image(), "text": datasets.Value("string"), "id": datasets.Value("string")}
-    )
-    return datasets.Dataset.from_dict(data, features=features)
+    return datasets.Dataset.from_dict(data, features=FEATURES)
 
 
 SIZES = [(40, 56), (64, 64), (30, 50), (48, 36), (33, 47)]

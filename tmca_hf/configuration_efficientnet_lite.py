@@ -118,6 +118,8 @@ class EfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
             )
         if any(stride not in (1, 2) for stride in strides) or 2 not in strides:
             raise ValueError(f"`strides` must hold 1 or 2 per group and at least one 2, got {list(strides)}")
+        if any(repeats < 1 for repeats in num_block_repeats):
+            raise ValueError(f"`num_block_repeats` must be at least 1 per group, got {list(num_block_repeats)}")
 
         self.num_channels = num_channels
         self.width_coefficient = width_coefficient

@@ -23,6 +23,16 @@ The mask is then rejected as *not binary* when
    as 0/1/2, or masks drawn in a dark gray).
 
 Otherwise the mask becomes `value > mask_threshold` -> 255, else 0. An all-zero mask (no lesion) is valid.
+
+Other checks while reading: an image without a mask or a report (or a mask without an image), several files or
+conflicting reports for one id, an id listed in two splits, a mask whose size differs from its image's, an
+unreadable or corrupt file (every image and mask is decoded once), an empty report. All problems are collected and
+raised as one [`DatasetValidationError`] listing each file and why; with `skip_invalid=True` those examples are left
+out, a warning gives their number, and the returned DatasetDict's `invalid_examples` lists them.
+
+Reports: LViT/GuideDecoder tables are matched to files by name without extension and without a `mask_` prefix;
+medvlsm records give their report through `prompt_key` (default "p6", the richest single sentence; p7-p9 hold
+lists of sentences, of which the first is used, so the text stays deterministic).
 """
 
 import argparse
@@ -52,7 +62,12 @@ from PIL import Image, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 FEATURES = datasets.Features(
-    {"image": datasets.Image(), "mask": datasets.Image(), "text": datasets.Value("string"), "id": datasets.Value("string")}
+    {
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "text": datasets.Value("string"),
+        "id": datasets.Value("string"),
+    }
 )
 LAYOUTS = ("lvit", "flat", "medvlsm", "disk", "parquet", "hub")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -60,6 +75,7 @@ GRAY_BAND = (32, 223)
 MAX_GRAY_FRACTION = 0.02
 MAX_PARQUET_SHARD_BYTES = 500 << 20
 MAX_ROW_GROUP_BYTES = 100 << 20
+SPLIT_FOLDER = r"(train|val|valid|validation|dev|test)(_folder)?"  # LViT/GuideDecoder split folder names
 
 LAYOUT_HELP = """\
   lvit:    <Split>_Folder/img/*.png, <Split>_Folder/labelcol/*.png (same names, or with a "mask_" prefix) and a
@@ -113,7 +129,7 @@ def normalize_split_name(name: str) -> str:
 
 def _example_key(filename: str) -> str:
     """File name -> example id: the stem, without the `mask_` prefix that QaTa-COV19 masks carry."""
-    stem = Path(filename).stem
+    stem = os.path.splitext(os.path.basename(filename))[0]
     return stem[len("mask_") :] if stem.startswith("mask_") else stem
 
 
@@ -126,9 +142,11 @@ def _child(folder: Path, *names: str) -> Optional[Path]:
 def _image_files(folder: Path) -> dict:
     """id -> list of image files in `folder` with that id (more than one is an ambiguity the caller reports)."""
     files = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            files.setdefault(_example_key(path.name), []).append(path)
+    with os.scandir(folder) as entries:  # plain strings and scandir's cached is_file(): thousands of files stay cheap
+        names = sorted(entry.name for entry in entries if entry.is_file())
+    for name in names:
+        if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+            files.setdefault(_example_key(name), []).append(folder / name)
     return files
 
 
@@ -154,13 +172,16 @@ def _gray_mask(mask: Image.Image) -> Image.Image:
         values = np.asarray(mask, dtype=np.float64)
         peak = float(values.max()) if values.size else 0.0
         values = values * 255.0 if peak <= 1.0 else values * (255.0 / peak) if peak > 255.0 else values
-        return Image.fromarray(np.rint(values).clip(0, 255).astype(np.uint8), mode="L")
+        return Image.fromarray(np.rint(values).clip(0, 255).astype(np.uint8))
     gray = mask if mask.mode == "L" else mask.convert("L")
-    return gray.point([0, 255] + [255] * 254) if gray.getextrema()[1] <= 1 else gray
+    if gray.getextrema()[1] <= 1:
+        return Image.fromarray(np.asarray(gray) * np.uint8(255))
+    return gray
 
 
 def _binarize_mask(mask: Image.Image, threshold: int):
-    """The module's binary-mask rule. Returns (0/255 "L" image or None, reason or None, already 0/255 PNG?)."""
+    """The module's binary-mask rule. Returns (0/255 "L" image or None, reason or None); the image is `mask`
+    itself when that is already a 0/255 gray PNG."""
     gray = _gray_mask(mask)
     counts = gray.histogram()  # 256 bins
     size = gray.width * gray.height
@@ -169,14 +190,15 @@ def _binarize_mask(mask: Image.Image, threshold: int):
         return None, (
             f"mask is not binary: {gray_fraction:.1%} of its pixels are mid-gray ({GRAY_BAND[0]}..{GRAY_BAND[1]}), "
             f"more than {MAX_GRAY_FRACTION:.0%}; expected values near 0 and 255 (or 0/1)"
-        ), False
+        )
     if sum(counts[threshold + 1 :]) == 0 and counts[0] < size:
         return None, (
             f"mask values are at most {max(v for v, n in enumerate(counts) if n)}, none above "
             f"mask_threshold={threshold}: thresholding would leave it empty (a class-index map? expected 0/255 or 0/1)"
-        ), False
-    canonical = mask.mode == "L" and mask.format == "PNG" and counts[0] + counts[255] == size
-    return gray.point([0] * (threshold + 1) + [255] * (255 - threshold)), None, canonical
+        )
+    if gray is mask and mask.format == "PNG" and counts[0] + counts[255] == size:
+        return mask, None  # already a 0/255 gray PNG: its bytes are kept as they are
+    return Image.fromarray(np.where(np.asarray(gray) > threshold, np.uint8(255), np.uint8(0))), None
 
 
 def _open_image(data: bytes) -> Image.Image:
@@ -185,22 +207,26 @@ def _open_image(data: bytes) -> Image.Image:
     return image
 
 
+def _decode_error(error: Exception) -> str:
+    return "not an image format PIL can read" if isinstance(error, UnidentifiedImageError) else str(error)
+
+
 def _check_pair(image_bytes: bytes, mask_bytes: bytes, threshold: int):
     """Decode and check one image and its mask. Returns (mask PNG bytes or None, reason or None)."""
     try:
         image = _open_image(image_bytes)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return None, f"unreadable image ({error})"
+    except (OSError, ValueError, SyntaxError) as error:
+        return None, f"unreadable image ({_decode_error(error)})"
     try:
         mask = _open_image(mask_bytes)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return None, f"unreadable mask ({error})"
+    except (OSError, ValueError, SyntaxError) as error:
+        return None, f"unreadable mask ({_decode_error(error)})"
     if mask.size != image.size:
         return None, f"mask is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}"
-    binary, reason, canonical = _binarize_mask(mask, threshold)
+    binary, reason = _binarize_mask(mask, threshold)
     if reason is not None:
         return None, reason
-    if canonical:
+    if binary is mask:
         return mask_bytes, None
     buffer = io.BytesIO()
     binary.save(buffer, format="PNG", compress_level=1)
@@ -273,11 +299,11 @@ def _report_text(text) -> Optional[str]:
     return text or None
 
 
-def _pair_files(split, root: Path, key: str, images: dict, masks: dict, mask_dir: Path, text, text_problem) -> _Example:
+def _pair_files(split, root: Path, key: str, images: dict, masks: dict, mask_dir: Path, text, text_problem):
     """An example from its id, the id -> files maps of the image and mask folders, and its report (or why not)."""
     example = _Example(split=split, id=key, text=text)
     found = images.get(key, [])
-    example.where = str(found[0].relative_to(root)) if found else key
+    example.where = str(found[0])[len(str(root)) + 1 :] if found else key  # relative to root, without pathlib's cost
     if len(found) == 1:
         example.image = found[0]
     else:
@@ -286,7 +312,7 @@ def _pair_files(split, root: Path, key: str, images: dict, masks: dict, mask_dir
     if len(found) == 1:
         example.mask = found[0]
     else:
-        example.problems.append(f"no mask in {mask_dir.relative_to(root)}/" if not found else f"{len(found)} mask files")
+        example.problems.append(f"no mask in {mask_dir.name}/" if not found else f"{len(found)} mask files")
     if text_problem is not None:
         example.problems.append(text_problem)
     return example
@@ -296,10 +322,10 @@ def _pair_files(split, root: Path, key: str, images: dict, masks: dict, mask_dir
 
 
 def _lvit_split_folders(root: Path) -> dict:
-    """split -> (split folder, image folder, mask folder) for LViT (`Train_Folder/img`) or GuideDecoder (`Train/Images`)."""
+    """split -> (split folder, image folder, mask folder): LViT `Train_Folder/img`, GuideDecoder `Train/Images`."""
     found = {}
     for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or not re.fullmatch(r"(train|val|valid|validation|dev|test)(_folder)?", folder.name.lower()):
+        if not folder.is_dir() or not re.fullmatch(SPLIT_FOLDER, folder.name.lower()):
             continue
         image_dir, mask_dir = _child(folder, "img", "images"), _child(folder, "labelcol", "gts", "masks")
         if image_dir is not None and mask_dir is not None:
@@ -308,7 +334,7 @@ def _lvit_split_folders(root: Path) -> dict:
 
 
 def _read_text_table(path: Path) -> dict:
-    """An LViT/GuideDecoder text table (xlsx or csv) with columns Image, Description -> {id: description}."""
+    """An LViT/GuideDecoder text table (xlsx or csv) with columns Image, Description -> {id: [descriptions]}."""
     import pandas as pd
 
     try:
@@ -348,12 +374,10 @@ def _lvit_text_tables(root: Path, split: str, folder: Path) -> list:
     )
 
 
-def _read_lvit(root: Path, splits) -> dict:
+def _read_lvit(root: Path) -> dict:
     """LViT / GuideDecoder layout -> {split: [_Example]}."""
     examples = {}
     for split, (folder, image_dir, mask_dir) in _lvit_split_folders(root).items():
-        if splits is not None and split not in splits:
-            continue
         texts = {}
         for table in _lvit_text_tables(root, split, folder):
             for key, values in _read_text_table(table).items():
@@ -378,7 +402,7 @@ def _read_lvit(root: Path, splits) -> dict:
     return examples
 
 
-def _read_flat(root: Path, splits) -> dict:
+def _read_flat(root: Path) -> dict:
     """Flat layout (images/, masks/, reports/, split.json) -> {split: [_Example]}."""
     split_file = root / "split.json"
     if not split_file.is_file():
@@ -393,8 +417,6 @@ def _read_flat(root: Path, splits) -> dict:
     seen, examples = {}, {}
     for raw_split, ids in split_ids.items():
         split = normalize_split_name(raw_split)
-        if splits is not None and split not in splits:
-            continue
         split_examples = []
         for key in map(str, ids):
             text, problem = _read_report(root / "reports" / f"{key}.txt")
@@ -426,7 +448,7 @@ def _prompt(prompts, prompt_key: str):
     return value if isinstance(value, str) else None
 
 
-def _read_medvlsm(root: Path, splits, prompt_key: str) -> dict:
+def _read_medvlsm(root: Path, prompt_key: str) -> dict:
     """medvlsm layout (images/, masks/, anns/<split>.json) -> {split: [_Example]}."""
     images, masks = _image_files(root / "images"), _image_files(root / "masks")
     image_names = {path.name: path for paths in images.values() for path in paths}
@@ -434,8 +456,6 @@ def _read_medvlsm(root: Path, splits, prompt_key: str) -> dict:
     examples = {}
     for ann_file in sorted((root / "anns").glob("*.json")):
         split = normalize_split_name(ann_file.stem)
-        if splits is not None and split not in splits:
-            continue
         try:
             records = json.loads(ann_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -449,7 +469,8 @@ def _read_medvlsm(root: Path, splits, prompt_key: str) -> dict:
         for index, record in enumerate(records):
             record = record if isinstance(record, dict) else {}
             image_name, mask_name = str(record.get("img_name", "")), str(record.get("mask_name", ""))
-            example = _Example(split, _example_key(image_name) or f"record {index}", where=f"images/{image_name}")
+            key = _example_key(mask_name or image_name) or f"record {index}"  # masks are unique, images may repeat
+            example = _Example(split, key, where=f"images/{image_name}")
             example.image, example.mask = image_names.get(image_name), mask_names.get(mask_name)
             example.text = _report_text(_prompt(record.get("prompts"), prompt_key))
             if example.image is None:
@@ -489,33 +510,33 @@ def detect_layout(folder: Union[str, os.PathLike]) -> str:
 
 # ------------------------------------------------------------------------------------------------ provenance
 
+# (keyword found in a source README or layout name, licence note, BibTeX) for the public sources of TMCA's datasets.
 _KNOWN_SOURCES = (
     (
-        "QaTa-COV19",
         "qata",
         "QaTa-COV19 (Qatar University, Tampere University): the licence of the original release (not verified here).",
-        "@article{degerli2021covid,\n  title={COVID-19 infection map generation and detection from chest X-ray images},\n"
+        "@article{degerli2021covid,\n"
+        "  title={COVID-19 infection map generation and detection from chest X-ray images},\n"
         "  author={Degerli, Aysen and Ahishali, Mete and Yamac, Mehmet and Kiranyaz, Serkan and Chowdhury, Muhammad "
         "E. H. and Hameed, Khalid and Hamid, Tahir and Mazhar, Rashid and Gabbouj, Moncef},\n"
         "  journal={Health Information Science and Systems},\n  volume={9},\n  pages={15},\n  year={2021}\n}",
     ),
     (
-        "LViT text annotations",
         "lvit",
         "LViT text annotations: the licence of the LViT release (github.com/HUANGLIZI/LViT; not verified here).",
         "@article{li2023lvit,\n  title={LViT: Language meets Vision Transformer in Medical Image Segmentation},\n"
         "  author={Li, Zihan and Li, Yunxiang and Li, Qingde and Zhang, You and Wang, Puyang and Guo, Dazhou and "
-        "Lu, Le and Jin, Dakai and Hong, Qingqi},\n  journal={IEEE Transactions on Medical Imaging},\n  year={2023}\n}",
+        "Lu, Le and Jin, Dakai and Hong, Qingqi},\n"
+        "  journal={IEEE Transactions on Medical Imaging},\n  year={2023}\n}",
     ),
     (
-        "MosMedData",
         "mosmed",
         "MosMedData: the licence of the original release (not verified here).",
-        "@article{morozov2020mosmeddata,\n  title={MosMedData: Chest CT Scans With COVID-19 Related Findings Dataset},\n"
+        "@article{morozov2020mosmeddata,\n"
+        "  title={MosMedData: Chest CT Scans With COVID-19 Related Findings Dataset},\n"
         "  author={Morozov, S. P. and others},\n  journal={arXiv preprint arXiv:2005.06465},\n  year={2020}\n}",
     ),
     (
-        "MoNuSeg",
         "monuseg",
         "MoNuSeg: the licence of the challenge release (not verified here).",
         "@article{kumar2017dataset,\n  title={A Dataset and a Technique for Generalized Nuclear Segmentation for "
@@ -524,18 +545,18 @@ _KNOWN_SOURCES = (
         "  volume={36},\n  number={7},\n  pages={1550--1560},\n  year={2017}\n}",
     ),
     (
-        "Kvasir-SEG",
         "kvasir",
         "Kvasir-SEG (Simula): research and educational use, with citation (not verified here).",
         "@inproceedings{jha2020kvasir,\n  title={Kvasir-SEG: A Segmented Polyp Dataset},\n  author={Jha, Debesh and "
         "Smedsrud, Pia H. and Riegler, Michael A. and Halvorsen, P{\\aa}l and de Lange, Thomas and Johansen, Dag and "
-        "Johansen, H{\\aa}vard D.},\n  booktitle={MultiMedia Modeling (MMM 2020)},\n  pages={451--462},\n  year={2020}\n}",
+        "Johansen, H{\\aa}vard D.},\n  booktitle={MultiMedia Modeling (MMM 2020)},\n  pages={451--462},\n"
+        "  year={2020}\n}",
     ),
     (
-        "medvlsm prompts",
         "medvlsm",
         "medvlsm prompts (github.com/naamiinepal/medvlsm): MIT licence.",
-        "@inproceedings{poudel2024exploring,\n  title={Exploring Transfer Learning in Medical Image Segmentation using "
+        "@inproceedings{poudel2024exploring,\n"
+        "  title={Exploring Transfer Learning in Medical Image Segmentation using "
         "Vision-Language Models},\n  author={Poudel, Kanchan and Dhakal, Manish and Bhandari, Prasiddha and Adhikari, "
         "Rabin and Thapaliya, Safal and Khanal, Bishesh},\n  booktitle={Medical Imaging with Deep Learning (MIDL)},\n"
         "  year={2024},\n  note={arXiv:2308.07706}\n}",
@@ -547,13 +568,13 @@ def _source_info(root: Path, layout: str, prompt_key: str) -> datasets.DatasetIn
     """Provenance for a raw folder: its README as description, citations and licences of the sources it names."""
     readme = root / "README.md"
     description = readme.read_text(encoding="utf-8", errors="replace").strip() if readme.is_file() else ""
-    known = [source for source in _KNOWN_SOURCES if source[1] in (description + " " + layout).lower()]
+    known = [source for source in _KNOWN_SOURCES if source[0] in (description + " " + layout).lower()]
     if layout == "medvlsm":
         description = f"{description}\n\nReports: medvlsm prompt {prompt_key}.".strip()
     return datasets.DatasetInfo(
         description=description,
-        citation="\n\n".join(source[3] for source in known),
-        license="\n".join(source[2] for source in known),
+        citation="\n\n".join(source[2] for source in known),
+        license="\n".join(source[1] for source in known),
         features=FEATURES,
     )
 
@@ -561,7 +582,7 @@ def _source_info(root: Path, layout: str, prompt_key: str) -> datasets.DatasetIn
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _from_examples(root: Path, examples: dict, threshold: int, info) -> tuple:
+def _from_examples(examples: dict, threshold: int, info: datasets.DatasetInfo) -> tuple:
     splits, problems = {}, []
     for split, split_examples in examples.items():
         splits[split], split_problems = _build_split(split_examples, threshold, info)
@@ -570,7 +591,7 @@ def _from_examples(root: Path, examples: dict, threshold: int, info) -> tuple:
 
 
 def _check_prebuilt_split(split: str, dataset: datasets.Dataset, text_column: str, threshold: int):
-    """Check a split of a saved/parquet/Hub dataset. Returns (Dataset with the four columns, list of InvalidExample)."""
+    """Check a saved/parquet/Hub split. Returns (Dataset with the four columns, list of InvalidExample)."""
     missing = [name for name in ("image", "mask", text_column) if name not in dataset.column_names]
     if missing:
         raise ValueError(
@@ -579,7 +600,9 @@ def _check_prebuilt_split(split: str, dataset: datasets.Dataset, text_column: st
         )
     for name in ("image", "mask"):
         if not isinstance(dataset.features[name], datasets.Image):
-            raise ValueError(f"Column {name!r} of split {split!r} is {dataset.features[name]}; expected datasets.Image().")
+            raise ValueError(
+                f"Column {name!r} of split {split!r} is {dataset.features[name]}; expected datasets.Image()."
+            )
     columns = ["image", "mask", text_column] + (["id"] if "id" in dataset.column_names else [])
     raw = dataset.select_columns(columns).cast_column("image", datasets.Image(decode=False))
     raw = raw.cast_column("mask", datasets.Image(decode=False))
@@ -614,8 +637,9 @@ def _check_prebuilt_split(split: str, dataset: datasets.Dataset, text_column: st
                 rows.append(out)
                 rewritten = rewritten or changed
         start += size
-    if not problems and not rewritten and text_column == "text" and dataset.select_columns(list(FEATURES)).features == FEATURES:
-        return dataset.select_columns(list(FEATURES)), problems  # already clean: keep it (memory-mapped when on disk)
+    clean = dataset.select_columns(list(FEATURES)) if text_column == "text" and "id" in dataset.column_names else None
+    if not problems and not rewritten and clean is not None and clean.features == FEATURES:
+        return clean, problems  # already clean: keep it as it is (memory-mapped when on disk)
     return _in_memory_dataset(rows, dataset.info), problems
 
 
@@ -658,7 +682,10 @@ def _load_prebuilt(source, layout: str, load_kwargs: dict) -> datasets.DatasetDi
 
 
 def _is_hub_id(source: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source)) and not source.startswith((".", "/"))
+    """'name' or 'user/name', unless it reads as a missing file in an existing local folder ('samples/typo')."""
+    parent = Path(source).parent
+    looks_local = source.startswith((".", "/", "~")) or (parent != Path(".") and parent.is_dir())
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source)) and not looks_local
 
 
 def load_tmca_dataset(
@@ -720,22 +747,19 @@ def load_tmca_dataset(
         )
 
     if raw_layout:
-        readers = {
-            "lvit": lambda: _read_lvit(path, wanted),
-            "flat": lambda: _read_flat(path, wanted),
-            "medvlsm": lambda: _read_medvlsm(path, wanted, prompt_key),
-        }
-        examples = readers[layout]()
+        readers = {"lvit": _read_lvit, "flat": _read_flat, "medvlsm": lambda root: _read_medvlsm(root, prompt_key)}
+        examples = readers[layout](path)  # cheap: file lists and reports; images are decoded for wanted splits only
         _check_wanted(source, wanted, examples)
-        dataset_dict, problems = _from_examples(path, examples, mask_threshold, _source_info(path, layout, prompt_key))
+        examples = {split: found for split, found in examples.items() if wanted is None or split in wanted}
+        dataset_dict, problems = _from_examples(examples, mask_threshold, _source_info(path, layout, prompt_key))
     else:
         loaded = _load_prebuilt(source, layout, load_dataset_kwargs)
         _check_wanted(source, wanted, loaded)
         checked, problems = {}, []
         for split, dataset in loaded.items():
             if wanted is None or split in wanted:
-                checked[split], split_problems = _check_prebuilt_split(split, dataset, text_column or "text", mask_threshold)
-                problems.extend(split_problems)
+                checked[split], found = _check_prebuilt_split(split, dataset, text_column or "text", mask_threshold)
+                problems.extend(found)
         dataset_dict = datasets.DatasetDict(checked)
 
     if problems and not skip_invalid:
@@ -744,7 +768,7 @@ def load_tmca_dataset(
         message = f"Skipped {len(problems)} invalid example(s) in {source}; see .invalid_examples for the list."
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-    dataset_dict.invalid_examples = problems
+    dataset_dict.invalid_examples = problems  # inspectable count and list of what was skipped
     return dataset_dict
 
 
@@ -772,7 +796,9 @@ def _prepare_output(output_dir: Path, overwrite: bool, dataset_dict) -> None:
         raise FileExistsError(f"{output_dir} exists and is not a folder.")
     if output_dir.is_dir() and any(output_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+            raise FileExistsError(
+                f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
+            )
         if not _is_saved_dataset(output_dir):
             raise FileExistsError(
                 f"{output_dir} is not empty and does not look like a dataset saved by save_tmca_dataset "
@@ -799,7 +825,8 @@ def _write_parquet_split(dataset: datasets.Dataset, folder: Path, split: str) ->
     for index in range(num_shards):
         shard = arrow.shard(num_shards, index, contiguous=True)[:]
         shard = shard.replace_schema_metadata({"huggingface": json.dumps({"info": info})})
-        pq.write_table(shard, folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet", row_group_size=rows_per_group)
+        path = folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
+        pq.write_table(shard, path, row_group_size=rows_per_group)
 
 
 def save_tmca_dataset(
@@ -823,19 +850,18 @@ def save_tmca_dataset(
     _prepare_output(output_dir, overwrite, dataset_dict)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    written = staging / "dataset"
     try:
         if format == "arrow":
-            dataset_dict.save_to_disk(str(staging / "dataset"))
-            staging_data = staging / "dataset"
+            dataset_dict.save_to_disk(str(written))
         else:
-            staging_data = staging / "dataset"
-            (staging_data / "data").mkdir(parents=True)
+            (written / "data").mkdir(parents=True)
             for split, dataset in dataset_dict.items():
-                _write_parquet_split(dataset, staging_data / "data", split)
-            (staging_data / "README.md").write_text(make_dataset_card(dataset_dict), encoding="utf-8")
+                _write_parquet_split(dataset, written / "data", split)
+            (written / "README.md").write_text(make_dataset_card(dataset_dict), encoding="utf-8")
         if output_dir.exists():
             shutil.rmtree(output_dir)
-        os.replace(staging_data, output_dir)
+        os.replace(written, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
@@ -848,7 +874,9 @@ def _size_category(count: int) -> str:
     return "n>1M"
 
 
-def make_dataset_card(dataset_dict: datasets.DatasetDict, repo_id: Optional[str] = None, pretty_name: Optional[str] = None) -> str:
+def make_dataset_card(
+    dataset_dict: datasets.DatasetDict, repo_id: Optional[str] = None, pretty_name: Optional[str] = None
+) -> str:
     """
     A Hub dataset card (README.md with YAML metadata) for a TMCA `DatasetDict`: split sizes, columns, the mask
     convention, the source description, licences and citations that [`load_tmca_dataset`] recorded in the
@@ -959,8 +987,8 @@ def _uniform(generator) -> float:
 
 class RandomZoom:
     """
-    The lineage's light zoom augmentation (method section 6), applied jointly to an image and its mask: a square
-    window of side 1/s of the image (s uniform in `scale`) at a random position is resized back to the full size,
+    The lineage's light zoom augmentation (method section 6), applied jointly to an image and its mask: a window of
+    1/s the image's width and height (s uniform in `scale`) at a random position is resized back to the full size,
     bicubic for the image and nearest for the mask, so both stay aligned and the mask stays binary.
 
     Args:
@@ -978,13 +1006,17 @@ class RandomZoom:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p={p} must lie in [0, 1].")
         if generator is not None and not isinstance(generator, (torch.Generator, np.random.Generator)):
-            raise TypeError(f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}.")
+            raise TypeError(
+                f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}."
+            )
         self.scale, self.p, self.generator = (low, high), p, generator
 
     def __call__(self, image: Image.Image, mask: Image.Image):
         if image.size != mask.size:
-            raise ValueError(f"image is {image.size[0]}x{image.size[1]} but its mask is {mask.size[0]}x{mask.size[1]}.")
-        if _uniform(self.generator) >= self.p:
+            raise ValueError(
+                f"image is {image.size[0]}x{image.size[1]} but its mask is {mask.size[0]}x{mask.size[1]}."
+            )
+        if self.p < 1.0 and _uniform(self.generator) >= self.p:
             return image, mask
         zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * _uniform(self.generator)
         width, height = image.size
@@ -1045,18 +1077,6 @@ class TmcaSegmentationCollator:
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _load_from_args(args) -> datasets.DatasetDict:
-    return load_tmca_dataset(
-        args.source,
-        layout=args.layout,
-        prompt_key=args.prompt_key,
-        text_column=args.text_column,
-        mask_threshold=args.mask_threshold,
-        skip_invalid=args.skip_invalid,
-        splits=args.splits,
-    )
-
-
 def main(argv=None) -> int:
     """`tmca-data convert SOURCE OUTPUT_DIR ...` and `tmca-data push SOURCE REPO_ID ...`."""
     parser = argparse.ArgumentParser(prog="tmca-data", description="Read, check, convert and push TMCA datasets.")
@@ -1080,14 +1100,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        dataset_dict = _load_from_args(args)
+        source = Path(args.source).resolve()
+        if args.command == "convert" and Path(args.output_dir).resolve() in (source, *source.parents):
+            raise ValueError(f"OUTPUT_DIR {args.output_dir} must not be SOURCE or a folder that contains it.")
+        dataset_dict = load_tmca_dataset(
+            args.source,
+            layout=args.layout,
+            prompt_key=args.prompt_key,
+            text_column=args.text_column,
+            mask_threshold=args.mask_threshold,
+            skip_invalid=args.skip_invalid,
+            splits=args.splits,
+        )
         for split, dataset in dataset_dict.items():
             print(f"{split}: {len(dataset)} examples")
         if dataset_dict.invalid_examples:
             print(f"skipped: {len(dataset_dict.invalid_examples)} invalid examples")
         if args.command == "convert":
-            if Path(args.source).resolve() == Path(args.output_dir).resolve():
-                raise ValueError("OUTPUT_DIR must differ from SOURCE.")
             output = save_tmca_dataset(dataset_dict, args.output_dir, format=args.format, overwrite=args.overwrite)
             print(f"saved ({args.format}) to {output}")
         else:

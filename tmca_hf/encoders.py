@@ -8,6 +8,7 @@ The lineage's encoders (`facebook/convnext-tiny-224`, `microsoft/BiomedVLP-CXR-B
 users online. The decoder and the alignment heads start fresh.
 """
 
+import torch
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from .configuration_tmca import TmcaConfig
@@ -39,9 +40,9 @@ def load_image_encoder(name: str):
             f"{name!r} is a {config.model_type!r} model, which transformers cannot use as a backbone; expected a "
             f"backbone-capable image model (ConvNeXt, ResNet, Swin, ...) or {OFFLINE_IMAGE_ENCODER!r}."
         )
-    config.out_features, config.out_indices = config.stage_names[-4:], None
+    config.out_features = config.stage_names[-4:]
     backbone_class = type(AutoBackbone.from_config(config))
-    backbone = backbone_class.from_pretrained(name, config=config)
+    backbone = backbone_class.from_pretrained(name, config=config, dtype=torch.float32)
     try:
         image_processor = AutoImageProcessor.from_pretrained(name)
         return backbone, list(image_processor.image_mean), list(image_processor.image_std)
@@ -49,13 +50,15 @@ def load_image_encoder(name: str):
         return backbone, IMAGENET_MEAN, IMAGENET_STD
 
 
-def load_text_encoder(name: str, trust_remote_code: bool = False):
-    """The pretrained text encoder (a plain transformers model) and its tokenizer."""
+def load_text_encoder(name: str, trust_remote_code: bool = False, with_model: bool = True):
+    """The pretrained text encoder (a plain transformers model, or None without `with_model`) and its tokenizer."""
     path = _offline_text_encoder_path() if name == OFFLINE_TEXT_ENCODER else name
-    model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not with_model:
+        return None, tokenizer
+    model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
     # CXR-BERT wraps a BertModel in custom code: keep the plain BertModel so the saved model needs no extra code.
-    model = getattr(model, "bert", model)
-    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return getattr(model, "bert", model), tokenizer
 
 
 def from_pretrained_encoders(
@@ -78,9 +81,8 @@ def from_pretrained_encoders(
     """
     backbone, image_mean, image_std = load_image_encoder(image_encoder)
     use_text = config_kwargs.get("use_text", True)
-    text_model, tokenizer = load_text_encoder(text_encoder, trust_remote_code) if use_text else (None, None)
-    if not use_text:
-        tokenizer = AutoTokenizer.from_pretrained(_offline_text_encoder_path())
+    # An image-only model still ships the tokenizer, so that its processor takes (and ignores) reports.
+    text_model, tokenizer = load_text_encoder(text_encoder, trust_remote_code, with_model=use_text)
     config = TmcaConfig(
         backbone_config=backbone.config.to_dict(),
         text_config=text_model.config.to_dict() if text_model is not None else None,

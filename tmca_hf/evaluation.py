@@ -162,7 +162,10 @@ def evaluate(
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A compact text table of `evaluate` results: Dice and IoU in percent, HD95 in pixels."""
-    header = f"{'text mode':<10} {'images':>6} {'Dice img':>8} {'IoU img':>8} {'Dice pool':>9} {'IoU pool':>8} {'HD95 px':>8}  HD95 over"
+    header = (
+        f"{'text mode':<10} {'images':>6} {'Dice img':>8} {'IoU img':>8} {'Dice pool':>9} {'IoU pool':>8} "
+        f"{'HD95 px':>8}  HD95 over"
+    )
     lines = [header, "-" * len(header)]
     for result in results:
         if not result["available"]:
@@ -171,8 +174,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         hd95 = f"{result['hd95']:8.2f}" if result["hd95"] is not None else f"{'n/a':>8}"
         lines.append(
             f"{result['text_mode']:<10} {result['num_images']:>6} {100 * result['dice_per_image']:8.2f} "
-            f"{100 * result['iou_per_image']:8.2f} {100 * result['dice_pooled']:9.2f} {100 * result['iou_pooled']:8.2f} "
-            f"{hd95}  {result['hd95_images']} images ({result['hd95_excluded']} with an empty mask left out)"
+            f"{100 * result['iou_per_image']:8.2f} {100 * result['dice_pooled']:9.2f} "
+            f"{100 * result['iou_pooled']:8.2f} {hd95}  {result['hd95_images']} images "
+            f"({result['hd95_excluded']} with an empty mask left out)"
         )
         if "identical_texts_after_shuffle" in result:
             lines.append(
@@ -185,8 +189,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tmca-evaluate",
-        description="Evaluate a TMCA model on a dataset split: per-image and pooled Dice/IoU and HD95, at each image's "
-        "original size, with the true, shuffled or no report.",
+        description="Evaluate a TMCA model on a dataset split: per-image and pooled Dice/IoU and HD95, at each "
+        "image's original size, with the true, shuffled or no report.",
     )
     parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code=True)")
     parser.add_argument("--dataset", required=True, help="dataset source for tmca_hf.data.load_tmca_dataset")
@@ -198,7 +202,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled text mode")
     parser.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
-    parser.add_argument("--output_json", type=Path, default=None, help="write the results (with per-image records) here")
+    parser.add_argument("--output_json", type=Path, default=None, help="write the results, per-image records too")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_json")
     args = parser.parse_args(argv)
     if args.output_json is not None and args.output_json.exists() and not args.overwrite:

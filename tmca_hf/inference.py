@@ -118,7 +118,7 @@ def _is_dicom(stream, label: str) -> bool:
 def _check_size(height: int, width: int, label: str, max_pixels: int, min_side: int) -> None:
     if height * width > max_pixels:
         raise ImageReadError(
-            f"{label} is {width}x{height} pixels ({height * width / 1e6:.0f} MP); this app accepts at most "
+            f"{label} is {width}x{height} pixels ({height * width / 1e6:.0f} MP); the limit is "
             f"{max_pixels / 1e6:.0f} MP. Downscale the image first (the model sees it at a few hundred pixels anyway)."
         )
     if min(height, width) < min_side:
@@ -145,7 +145,7 @@ def _read_pil(stream, label: str, max_pixels: int, min_side: int) -> LoadedImage
         image = Image.open(stream)  # reads the header only
     except Image.DecompressionBombError as error:
         raise ImageReadError(
-            f"{label} is far too large to decode ({error}); this app accepts at most {max_pixels / 1e6:.0f} MP."
+            f"{label} is far too large to decode ({error}); the limit is {max_pixels / 1e6:.0f} MP."
         ) from None
     except UnidentifiedImageError:
         raise ImageReadError(
@@ -271,13 +271,30 @@ def check_report(report: Optional[str], processor, supports_text_free_inference:
         return CheckedReport(report)
     kept_text = tokenizer.decode(ids[:kept])
     note = (
-        f"The report is {len(report):,} characters ({'more than ' if len(checked) < len(report) else ''}{len(ids)} "
-        f"tokens); the model reads only its first {max_tokens} tokens, {kept_text!r}, and ignores the rest."
+        f"The report is {len(report):,} characters, {'more than ' if len(checked) < len(report) else ''}{len(ids)} "
+        f"tokens; the model reads only its first {kept} tokens, {kept_text!r}, and ignores the rest."
     )
     return CheckedReport(report, [note], truncated=True)
 
 
 # ----------------------------------------------------------------------------------------------------- model
+
+
+def check_model_location(name_or_path: Union[str, os.PathLike]) -> None:
+    """
+    Raise `FileNotFoundError` when `name_or_path` names a local model that is not there: a missing path that cannot be
+    a Hub id ("user/model"), a file, or a folder without config.json. A Hub id passes (the Hub answers for it).
+    """
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    expected = "expected a folder written by save_pretrained (with config.json) or a Hub id such as 'user/tmca-model'"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json; {expected}.")
+        return
+    looks_like_hub_id = not path.is_absolute() and not name.startswith((".", "~")) and name.count("/") == 1
+    if path.exists() or not looks_like_hub_id:
+        raise FileNotFoundError(f"No TMCA model at {name}: {expected}.")
 
 
 def load_model(name_or_path: Union[str, os.PathLike], device: Optional[str] = None):
@@ -286,6 +303,7 @@ def load_model(name_or_path: Union[str, os.PathLike], device: Optional[str] = No
     repository carries the TMCA modelling files). Returns `(model, processor)`, the model in eval mode on `device`
     (CUDA when available by default).
     """
+    check_model_location(name_or_path)
     name_or_path = os.fspath(name_or_path)
     model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
     if getattr(model.config, "model_type", None) != "tmca":

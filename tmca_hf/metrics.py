@@ -36,7 +36,7 @@ MaskBatch = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndar
 
 
 def _as_mask_list(masks: MaskBatch, name: str) -> list[torch.Tensor]:
-    """Turns a (B, H, W) tensor/array or a sequence of (H, W) ones into a list of (H, W) float CPU tensors in {0, 1}."""
+    """A (B, H, W) tensor/array or a sequence of (H, W) ones as a list of (H, W) float CPU tensors in {0, 1}."""
     if isinstance(masks, (torch.Tensor, np.ndarray)):
         if masks.ndim != 3:
             raise ValueError(
@@ -154,7 +154,7 @@ class SegmentationMetrics:
         }
 
     def per_image_records(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per image, in update order: id, size, pixel counts, dice, iou, hd95 (None if undefined)."""
+        """One JSON-ready dict per image, in update order: id, size, pixel counts, dice, iou and hd95 (or None)."""
         return [dict(record) for record in self._records]
 
     def compute(self) -> dict[str, Any]:

@@ -45,33 +45,24 @@ def efficientnet_lite_stage_args(config: EfficientNetLiteConfig) -> list[list[Ef
     """Expand the per-group description of `config` into blocks, cut into backbone stages.
 
     Lite models scale neither the repeats of the first and the last group nor the stem width (the first block
-    takes `config.stem_channels`). A new stage starts at every stride-2 group after the first one, so stage `k`
-    ends at stride `2 ** (k + 1)`.
+    takes `config.stem_channels`). A stage starts at every stride-2 group (stride-1 groups before the first one
+    belong to stage 1), so stage `k` ends at stride `2 ** (k + 1)`.
     """
-    num_groups = len(config.strides)
-    groups = []
-    in_channels = config.stem_channels
-    for idx in range(num_groups):
-        repeats = config.num_block_repeats[idx]
-        if 0 < idx < num_groups - 1:
-            repeats = int(math.ceil(config.depth_coefficient * repeats))
-        out_channels = round_filters(config, config.out_channels[idx])
-        groups.append((idx, repeats, in_channels, out_channels))
-        in_channels = out_channels
-
-    num_blocks = sum(repeats for _, repeats, _, _ in groups)
-    stages, block_idx, seen_downsampling = [], 0, False
-    for idx, repeats, in_channels, out_channels in groups:
-        if config.strides[idx] == 2:
-            if seen_downsampling:
-                stages.append([])
-            seen_downsampling = True
-        if not stages:
+    last = len(config.strides) - 1
+    group_repeats = [
+        repeats if idx in (0, last) else int(math.ceil(config.depth_coefficient * repeats))
+        for idx, repeats in enumerate(config.num_block_repeats)
+    ]
+    num_blocks = sum(group_repeats)
+    stages, in_channels, block_idx = [], config.stem_channels, 0
+    for idx, repeats in enumerate(group_repeats):
+        if not stages or (config.strides[idx] == 2 and 2 in config.strides[:idx]):
             stages.append([])
+        out_channels = round_filters(config, config.out_channels[idx])
         for repeat in range(repeats):
             stages[-1].append(
                 EfficientNetLiteBlockArgs(
-                    in_channels=in_channels if repeat == 0 else out_channels,
+                    in_channels=in_channels,
                     out_channels=out_channels,
                     kernel_size=config.kernel_sizes[idx],
                     stride=config.strides[idx] if repeat == 0 else 1,
@@ -79,6 +70,7 @@ def efficientnet_lite_stage_args(config: EfficientNetLiteConfig) -> list[list[Ef
                     drop_path_rate=config.drop_connect_rate * block_idx / num_blocks,
                 )
             )
+            in_channels = out_channels
             block_idx += 1
     return stages
 

@@ -1,0 +1,297 @@
+"""tmca-predict and the image decoding it shares with the Space (tmca_hf/inference.py): folders of images with a CSV
+or JSON of reports, dataset splits, overwrite refusal, unreadable images, and every image format the app accepts."""
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config, tiny_processor
+from tmca_hf import TmcaForImageSegmentation
+from tmca_hf.inference import ImageReadError, read_image
+from tmca_hf.predict import main
+
+
+# ------------------------------------------------------------------------------- image files (also used by test_space)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but that holds almost no pixel data (a decompression-bomb stand-in)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def png_bytes() -> bytes:
+    """A valid 64x64 gray PNG (noise, so that cutting its end truncates the pixel data)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_dicom(path: Path, pixels=None, photometric="MONOCHROME2", slope=1.0, intercept=0.0) -> Path:
+    """A 16-bit DICOM file (with preamble); `pixels=None` writes one without pixel data."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "CT"
+    if pixels is not None:
+        dataset.Rows, dataset.Columns = pixels.shape
+        dataset.SamplesPerPixel = 1
+        dataset.PhotometricInterpretation = photometric
+        dataset.BitsAllocated = dataset.BitsStored = 16
+        dataset.HighBit = 15
+        dataset.PixelRepresentation = 0
+        dataset.RescaleSlope = str(slope)
+        dataset.RescaleIntercept = str(intercept)
+        dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def gradient(height: int, width: int, peak: int = 255) -> np.ndarray:
+    return (np.add.outer(np.arange(height), np.arange(width)) * peak // (height + width - 2)).astype(np.int64)
+
+
+def write_format_zoo(folder: Path) -> dict:
+    """One file per format the app must accept, {name: (height, width)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gray = gradient(40, 48).astype(np.uint8)
+    rgb = np.stack([gray, gray[::-1], np.full_like(gray, 90)], axis=-1)
+    Image.fromarray(gray).save(folder / "gray8.png")
+    Image.fromarray(rgb).save(folder / "rgb.jpg")
+    Image.fromarray(gradient(36, 52, 60000).astype(np.uint16)).save(folder / "gray16.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    palette = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette.png", transparency=0)
+    Image.fromarray(np.dstack([rgb, np.full_like(gray, 128)])).save(folder / "rgba.png")
+    Image.fromarray(gray).convert("LA").save(folder / "gray_alpha.png")
+    write_dicom(folder / "ct.dcm", gradient(44, 40, 4000), slope=0.5, intercept=-1000)
+    sizes = {"gray8.png": (40, 48), "rgb.jpg": (40, 48), "gray16.png": (36, 52), "cmyk.jpg": (40, 48)}
+    sizes.update({"palette.png": (40, 48), "rgba.png": (40, 48), "gray_alpha.png": (40, 48), "ct.dcm": (44, 40)})
+    return sizes
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+
+
+def _save_model(folder: Path, **overrides) -> Path:
+    torch.manual_seed(0)
+    TmcaForImageSegmentation(tiny_config(**overrides)).eval().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random model that also segments without a report (text_dropout > 0)."""
+    return _save_model(tmp_path_factory.mktemp("tiny-tmca"), text_dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def text_only_model_dir(tmp_path_factory) -> Path:
+    """A tiny random model that needs a report for every image."""
+    return _save_model(tmp_path_factory.mktemp("tiny-tmca-text"))
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> tuple:
+    """Three images of three formats and a CSV with their reports (one without extension, one empty)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(gradient(40, 48).astype(np.uint8)).save(images / "case_a.png")
+    Image.fromarray(gradient(36, 52, 60000).astype(np.uint16)).save(images / "case_b.png")
+    write_dicom(images / "case_c.dcm", gradient(44, 40, 4000), photometric="MONOCHROME1")
+    reports = tmp_path / "reports.csv"
+    reports.write_text(
+        "image,report\ncase_a.png,bilateral pulmonary infection\ncase_b,one infected area in the left lung\ncase_c.dcm,\n"
+    )
+    return images, reports
+
+
+def _run(model_dir, images, reports, output, *extra) -> int:
+    return main(["--model", str(model_dir), "--images", str(images), "--reports", str(reports),
+                 "--output_dir", str(output), "--batch_size", "2", *extra])
+
+
+# --------------------------------------------------------------------------------------------------------- tests
+
+
+def test_predict_folder_writes_masks_and_summary(model_dir, image_folder, tmp_path, capsys):
+    images, reports = image_folder
+    output = tmp_path / "out"
+    assert _run(model_dir, images, reports, output) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    entries = {entry["file"]: entry for entry in summary["images"]}
+    assert sorted(entries) == ["case_a.png", "case_b.png", "case_c.dcm"]
+    assert sorted(path.name for path in output.iterdir()) == ["case_a.png", "case_b.png", "case_c.png", "summary.json"]
+    for name, size in {"case_a.png": (40, 48), "case_b.png": (36, 52), "case_c.dcm": (44, 40)}.items():
+        entry = entries[name]
+        mask = np.asarray(Image.open(output / entry["mask"]))
+        assert mask.shape == size == (entry["height"], entry["width"])
+        assert set(np.unique(mask)) <= {0, 255}
+        assert entry["lesion_pixels"] == int((mask == 255).sum())
+        assert entry["area_fraction"] == pytest.approx(entry["lesion_pixels"] / mask.size, abs=1e-6)
+    assert entries["case_b.png"]["report"] == "one infected area in the left lung"
+    assert entries["case_c.dcm"]["text_free"] and not entries["case_a.png"]["text_free"]
+    totals = summary["totals"]
+    assert totals["images"] == 3 and totals["failed"] == 0 and summary["failed"] == []
+    assert totals["lesion_pixels"] == sum(entry["lesion_pixels"] for entry in entries.values())
+    assert summary["threshold"] == 0.5 and summary["timing"]["total_s"] >= summary["timing"]["model_s"] > 0
+    assert "tmca-predict" in capsys.readouterr().err  # the progress bar and the closing line
+
+
+@pytest.mark.parametrize("layout", ["mapping", "records"])
+def test_predict_reads_json_reports(model_dir, image_folder, tmp_path, layout):
+    images, _ = image_folder
+    reports = {"case_a.png": "left lung", "case_b.png": "right lung", "case_c.dcm": "both lungs"}
+    if layout == "records":
+        reports = [{"Image": name, "Description": text} for name, text in reports.items()]  # LViT's column names
+    path = tmp_path / "reports.json"
+    path.write_text(json.dumps(reports))
+    assert _run(model_dir, images, path, tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {entry["file"]: entry["report"] for entry in summary["images"]}["case_b.png"] == "right lung"
+
+
+def test_predict_refuses_to_overwrite(model_dir, image_folder, tmp_path, capsys):
+    images, reports = image_folder
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("not ours")
+    assert _run(model_dir, images, reports, output) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(path.name for path in output.iterdir()) == ["keep.txt"]
+
+    assert _run(model_dir, images, reports, output, "--overwrite") == 0
+    # A second run with fewer images removes the masks the first run listed, and nothing else.
+    (images / "case_b.png").unlink()
+    reports.write_text("image,report\ncase_a.png,left lung\ncase_c.dcm,right lung\n")
+    assert _run(model_dir, images, reports, output, "--overwrite") == 0
+    assert sorted(path.name for path in output.iterdir()) == ["case_a.png", "case_c.png", "keep.txt", "summary.json"]
+
+
+def test_predict_lists_unreadable_images(model_dir, image_folder, tmp_path, capsys):
+    images, reports = image_folder
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    Image.new("L", (1, 1)).save(images / "tiny.png")
+    with open(reports, "a") as file:
+        file.write("broken.png,left lung\ntiny.png,left lung\n")
+    output = tmp_path / "out"
+    assert _run(model_dir, images, reports, output) == 1
+    err = capsys.readouterr().err
+    assert "2 image(s) could not be read" in err and "broken.png" in err and "tiny.png" in err
+    summary = json.loads((output / "summary.json").read_text())
+    failed = {entry["file"]: entry["error"] for entry in summary["failed"]}
+    assert "not an image file" in failed["broken.png"] and "1x1 pixels" in failed["tiny.png"]
+    assert summary["totals"]["images"] == 3 and (output / "case_a.png").is_file()
+
+
+def test_predict_needs_a_report_for_every_image(model_dir, image_folder, tmp_path, capsys):
+    images, reports = image_folder
+    Image.new("L", (64, 64)).save(images / "no_report.png")
+    assert _run(model_dir, images, reports, tmp_path / "out") == 2
+    assert "have no report: no_report.png" in capsys.readouterr().err
+    (images / "no_report.png").unlink()
+
+    reports.write_text(reports.read_text() + "ghost.png,left lung\n")
+    assert _run(model_dir, images, reports, tmp_path / "out") == 2
+    assert "not in" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_reports_the_model_cannot_use(text_only_model_dir, image_folder, tmp_path, capsys):
+    images, reports = image_folder  # case_c.dcm has an empty report; this model needs text
+    reports.write_text(reports.read_text().replace("case_a.png,bilateral pulmonary infection", "case_a.png,🙂🙂"))
+    assert _run(text_only_model_dir, images, reports, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "2 report(s) cannot guide this model" in err
+    assert "case_a.png: The report has no word" in err and "case_c.dcm: The report is empty" in err
+
+
+def test_predict_refuses_images_folder_as_output(model_dir, image_folder, capsys):
+    images, reports = image_folder
+    assert _run(model_dir, images, reports, images, "--overwrite") == 2
+    assert "is the images folder" in capsys.readouterr().err
+
+
+def test_predict_dataset_split(model_dir, tmp_path):
+    """--dataset reads a layout through tmca_hf.data (here the flat one, QaTa-COV19 style) and names masks by id."""
+    root = tmp_path / "flat"
+    for folder in ("images", "masks", "reports"):
+        (root / folder).mkdir(parents=True)
+    ids = ["covid_1", "covid_2", "covid_3"]
+    for index, example_id in enumerate(ids):
+        Image.fromarray(gradient(48 + index, 56).astype(np.uint8)).save(root / "images" / f"{example_id}.png")
+        mask = np.zeros((48 + index, 56), np.uint8)
+        mask[10:20, 10:30] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{example_id}.png")
+        (root / "reports" / f"{example_id}.txt").write_text("unilateral pulmonary infection, lower right lung.")
+    (root / "split.json").write_text(json.dumps({"train": ids[:1], "val": ids[1:]}))
+    output = tmp_path / "out"
+    assert main(["--model", str(model_dir), "--dataset", str(root), "--split", "val", "--output_dir", str(output)]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert [entry["file"] for entry in summary["images"]] == ["covid_2", "covid_3"]
+    assert np.asarray(Image.open(output / "covid_3.png")).shape == (50, 56)
+    assert summary["source"]["split"] == "val"
+
+
+def test_read_image_formats(tmp_path):
+    """Every format is decoded to gray or RGB; 16-bit keeps its depth; DICOM gets slope/intercept and MONOCHROME1."""
+    sizes = write_format_zoo(tmp_path)
+    for name, size in sizes.items():
+        pixels = read_image(tmp_path / name).pixels
+        assert pixels.shape[:2] == size, name
+        assert pixels.ndim == 2 or pixels.shape[-1] == 3, name
+    assert read_image(tmp_path / "gray16.png").pixels.dtype == np.uint16
+    assert read_image(tmp_path / "gray16.png").pixels.max() > 255
+    raw = gradient(44, 40, 4000)
+    np.testing.assert_allclose(read_image(tmp_path / "ct.dcm").pixels, raw * 0.5 - 1000)
+    write_dicom(tmp_path / "inverted.dcm", raw, photometric="MONOCHROME1")
+    inverted = read_image(tmp_path / "inverted.dcm").pixels
+    np.testing.assert_allclose(inverted, raw.max() + raw.min() - raw)  # bright = dense, as in MONOCHROME2
+    (tmp_path / "no_suffix").write_bytes((tmp_path / "ct.dcm").read_bytes())
+    assert read_image(tmp_path / "no_suffix").pixels.shape == (44, 40)  # found by the DICM magic, not the name
+    assert read_image((tmp_path / "rgb.jpg").read_bytes(), name="rgb.jpg").pixels.shape == (40, 48, 3)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (lambda path: path.write_text("just some text"), "not an image file"),
+        (lambda path: path.write_bytes(png_header_only(7000, 7000)), "the limit is 36 MP"),
+        (lambda path: path.write_bytes(png_header_only(20000, 20000)), "far too large to decode"),
+        (lambda path: Image.new("L", (1, 1)).save(path, format="PNG"), "expected at least 32 pixels"),
+        (lambda path: path.write_bytes(png_bytes()[:-40]), "damaged or truncated"),
+        (lambda path: write_dicom(path), "DICOM file without pixel data"),
+    ],
+    ids=["text", "too-large", "bomb", "1x1", "truncated", "dicom-without-pixels"],
+)
+def test_read_image_refuses_bad_files(tmp_path, content, message):
+    path = tmp_path / "upload.png"
+    content(path)
+    with pytest.raises(ImageReadError, match=message):
+        read_image(path)
+
+
+def test_predict_missing_model_is_a_clear_error(image_folder, tmp_path, capsys):
+    images, reports = image_folder
+    assert _run(tmp_path / "no-such-model", images, reports, tmp_path / "out") == 2
+    assert "No TMCA model at" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, SchedulerType, get_scheduler
 
@@ -140,6 +140,28 @@ def config_overrides(args) -> dict:
     )
 
 
+class EpochSeededZoom(Dataset):
+    """
+    The light random zoom with draws fixed by (seed, epoch, index), not by when a batch is fetched: Accelerate fetches
+    one batch ahead, so draws from the global RNG would shift between an unbroken run and a resumed one.
+    """
+
+    def __init__(self, dataset, seed: int, scale=(1.0, 1.2)):
+        self.dataset, self.seed, self.scale, self.epoch = dataset, seed, scale, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __getitem__(self, index):
+        row = dict(self.dataset[index])
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+        row["image"], row["mask"] = RandomZoom(self.scale, generator=generator)(row["image"], row["mask"])
+        return row
+
+    def __len__(self):
+        return len(self.dataset)
+
+
 class EpochShuffleSampler(Sampler):
     """A shuffle that is a pure function of (seed, epoch), so a resumed run sees the same order as an unbroken one."""
 
@@ -235,7 +257,11 @@ def validation_dice(model, dataloader, accelerator, threshold=0.5) -> dict:
 def find_checkpoint(output_dir: Path, requested: str) -> Path:
     if requested != "latest":
         return Path(requested)
-    checkpoints = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    # best.json is written last: a checkpoint without it was cut off mid-save.
+    checkpoints = sorted(
+        (path for path in (output_dir / "checkpoints").glob("step_*") if (path / "best.json").exists()),
+        key=lambda path: int(path.name.split("_")[1]),
+    )
     if not checkpoints:
         raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint under {output_dir / 'checkpoints'}.")
     return checkpoints[-1]
@@ -266,14 +292,18 @@ def main(argv=None):
 
     train_set, eval_set = load_splits(args, accelerator)
     model, processor = build_model(args)
-    augment = None if args.no_augment else RandomZoom(scale=(1.0, 1.2))
+    if not args.no_augment:
+        train_set = EpochSeededZoom(train_set, args.seed)
     sampler = EpochShuffleSampler(len(train_set), args.seed)
     train_dataloader = DataLoader(
         train_set,
         batch_size=args.per_device_train_batch_size,
         sampler=sampler,
-        collate_fn=TmcaSegmentationCollator(processor, augment=augment),
+        collate_fn=TmcaSegmentationCollator(processor),
         num_workers=args.num_workers,
+        # Its own generator: starting an iterator then draws nothing from the global RNG, which a checkpoint
+        # restores and which the augmentation and text dropout use, so a resumed run repeats the unbroken one.
+        generator=torch.Generator().manual_seed(args.seed),
         drop_last=len(train_set) > args.per_device_train_batch_size * accelerator.num_processes,
     )
     eval_dataloader = DataLoader(
@@ -320,7 +350,9 @@ def main(argv=None):
     log_path = Path(args.output_dir) / "train_log.jsonl"
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
-        sampler.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)  # the shuffle, and Accelerate's own epoch counter
+        if isinstance(train_set, EpochSeededZoom):
+            train_set.set_epoch(epoch)  # Accelerate skips this when it shards the batches over processes
         batches = train_dataloader
         if epoch == starting_epoch and resume_batches:
             batches = accelerator.skip_first_batches(train_dataloader, resume_batches)

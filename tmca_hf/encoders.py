@@ -9,7 +9,8 @@ users online. The decoder and the alignment heads start fresh.
 """
 
 import torch
-from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
 from .configuration_tmca import TmcaConfig
 from .image_processing_tmca import IMAGENET_MEAN, IMAGENET_STD, TmcaImageProcessor
@@ -19,7 +20,7 @@ from .processing_tmca import TmcaProcessor
 
 OFFLINE_IMAGE_ENCODER = "efficientnet-lite0"
 OFFLINE_TEXT_ENCODER = "all-minilm-l6-v2"
-FOUR_STAGES = ["stage1", "stage2", "stage3", "stage4"]
+EFFICIENTNET_LITE_MEAN = EFFICIENTNET_LITE_STD = [0.5, 0.5, 0.5]  # inputs scaled to [-1, 1], as the weights were trained
 
 
 def _offline_text_encoder_path():
@@ -33,7 +34,7 @@ def load_image_encoder(name: str):
     if name == OFFLINE_IMAGE_ENCODER:
         from .convert_efficientnet_lite import load_efficientnet_lite0
 
-        return load_efficientnet_lite0(), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+        return load_efficientnet_lite0(), EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
     config = AutoConfig.from_pretrained(name)
     if not hasattr(config, "stage_names"):
         raise ValueError(
@@ -41,8 +42,9 @@ def load_image_encoder(name: str):
             f"backbone-capable image model (ConvNeXt, ResNet, Swin, ...) or {OFFLINE_IMAGE_ENCODER!r}."
         )
     config.out_features = config.stage_names[-4:]
-    backbone_class = type(AutoBackbone.from_config(config))
-    backbone = backbone_class.from_pretrained(name, config=config, dtype=torch.float32)
+    backbone = MODEL_FOR_BACKBONE_MAPPING[type(config)].from_pretrained(name, config=config, dtype=torch.float32)
+    if config.model_type == "efficientnet_lite":  # a converted EfficientNet-Lite folder
+        return backbone, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
     try:
         image_processor = AutoImageProcessor.from_pretrained(name)
         return backbone, list(image_processor.image_mean), list(image_processor.image_std)

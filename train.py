@@ -22,12 +22,12 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, SchedulerType, get_scheduler
 
-from tmca_hf.data import RandomZoom, TmcaSegmentationCollator, load_tmca_dataset
+from tmca_hf.data import RandomZoom, TmcaSegmentationCollator, load_tmca_dataset, normalize_split_name
 from tmca_hf.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER, from_pretrained_encoders
 from tmca_hf.evaluation import evaluate, format_table
 from tmca_hf.hub import push_folder_to_hub
@@ -81,7 +81,10 @@ def parse_args(argv=None):
     ablation.add_argument("--unfreeze_text_encoder", action="store_true")
     ablation.add_argument("--alignment_weight", type=float, default=0.5)
     ablation.add_argument("--pixel_alignment_weight", type=float, default=1.0)
+    ablation.add_argument("--alignment_level_weights", type=float, nargs="*", default=None,
+                          help="w_s per alignment level (default: equal).")
     ablation.add_argument("--contrastive_temperature", type=float, default=0.07)
+    ablation.add_argument("--pixel_temperature", type=float, default=0.1)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--per_device_train_batch_size", type=int, default=8)
@@ -96,6 +99,8 @@ def parse_args(argv=None):
     optim.add_argument("--num_train_epochs", type=int, default=10)
     optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides num_train_epochs.")
     optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                       help="Overrides `accelerate launch --mixed_precision`.")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR))
@@ -136,7 +141,9 @@ def config_overrides(args) -> dict:
         freeze_text_encoder=not args.unfreeze_text_encoder,
         alignment_weight=args.alignment_weight,
         pixel_alignment_weight=args.pixel_alignment_weight,
+        alignment_level_weights=args.alignment_level_weights,
         contrastive_temperature=args.contrastive_temperature,
+        pixel_temperature=args.pixel_temperature,
     )
 
 
@@ -194,6 +201,7 @@ def prepare_output_dir(args):
 
 
 def load_splits(args, accelerator):
+    args.train_split, args.eval_split = normalize_split_name(args.train_split), normalize_split_name(args.eval_split)
     with accelerator.main_process_first():
         dataset = load_tmca_dataset(
             args.dataset,
@@ -201,6 +209,7 @@ def load_splits(args, accelerator):
             prompt_key=args.prompt_key,
             text_column=args.text_column,
             skip_invalid=args.skip_invalid,
+            splits=[args.train_split, args.eval_split],
         )
     for split in (args.train_split, args.eval_split):
         if split not in dataset:
@@ -280,7 +289,7 @@ def main(argv=None):
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(),
+        mixed_precision=args.mixed_precision,
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_local_main_process:

@@ -170,56 +170,25 @@ def add_ratios(rows: list[dict], matmul_flops: float, reference: str = REFERENCE
 # -- the models --------------------------------------------------------------------------------------------------
 
 
-def _tmca_inputs(image_size: int, text_length: int):
+def _text_image_inputs(image_size: int, text_length: int, **extra):
+    """Random images and token ids of the model's vocabulary, the same shapes for every model."""
+
     def make_inputs(model, batch_size: int) -> dict:
         vocab_size = model.config.text_config.vocab_size
         return {
             "pixel_values": torch.randn(batch_size, 3, image_size, image_size),
             "input_ids": torch.randint(vocab_size, (batch_size, text_length)),
             "attention_mask": torch.ones(batch_size, text_length, dtype=torch.long),
-        }
-
-    return make_inputs
-
-
-def _clipseg_inputs(image_size: int, text_length: int):
-    def make_inputs(model, batch_size: int) -> dict:
-        vocab_size = model.config.text_config.vocab_size
-        return {
-            "pixel_values": torch.randn(batch_size, 3, image_size, image_size),
-            "input_ids": torch.randint(vocab_size, (batch_size, text_length)),
-            "attention_mask": torch.ones(batch_size, text_length, dtype=torch.long),
-            # A no-op when image_size equals the vision config's (224 for CLIPSegConfig()); resizes otherwise.
-            "interpolate_pos_encoding": True,
+            **extra,
         }
 
     return make_inputs
 
 
 def _tiny_tmca_config(image_size: int, text_length: int, **overrides):
-    from tmca_hf import TmcaConfig
+    from tmca_hf.testing_utils import tiny_config
 
-    return TmcaConfig(
-        backbone_config={
-            "model_type": "convnext",
-            "depths": [1, 1, 1, 1],
-            "hidden_sizes": [8, 16, 24, 32],
-            "out_features": ["stage1", "stage2", "stage3", "stage4"],
-        },
-        text_config={
-            "model_type": "bert",
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-        },
-        decoder_hidden_sizes=[32, 16, 16, 8],
-        decoder_num_attention_heads=2,
-        alignment_dim=16,
-        image_size=image_size,
-        max_text_length=text_length,
-        **overrides,
-    )
+    return tiny_config(image_size=image_size, max_text_length=text_length, **overrides)
 
 
 def _tiny_clipseg_config(image_size: int):
@@ -249,7 +218,9 @@ def model_specs(image_size: int, text_length: int, tiny: bool = False) -> dict[s
 
     from tmca_hf import TmcaConfig, TmcaForImageSegmentation, from_pretrained_encoders
 
-    tmca_inputs, clipseg_inputs = _tmca_inputs(image_size, text_length), _clipseg_inputs(image_size, text_length)
+    tmca_inputs = _text_image_inputs(image_size, text_length)
+    # A no-op when image_size equals the vision config's (224 for CLIPSegConfig()); resizes otherwise.
+    clipseg_inputs = _text_image_inputs(image_size, text_length, interpolate_pos_encoding=True)
 
     def random_tmca(**overrides):
         config = (

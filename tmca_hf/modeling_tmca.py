@@ -156,7 +156,6 @@ class TmcaAlignmentLevel(nn.Module):
 
     def __init__(self, config: TmcaConfig, channels: int):
         super().__init__()
-        self.config = config
         self.pixel_projection = nn.Conv2d(channels, config.alignment_dim, 1)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.alignment_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.contrastive_temperature)))
@@ -180,7 +179,6 @@ class TmcaTargetEnhancement(nn.Module):
 
     def __init__(self, config: TmcaConfig):
         super().__init__()
-        self.config = config
         self.gamma = nn.Parameter(torch.tensor(float(config.enhancement_init)))
 
     def forward(self, features: torch.Tensor, alignment_map: torch.Tensor) -> torch.Tensor:

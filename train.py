@@ -67,6 +67,9 @@ def parse_args(argv=None):
                             f"microsoft/BiomedVLP-CXR-BERT-specialized, or a folder.")
     model.add_argument("--trust_remote_code", action="store_true", help="Needed by CXR-BERT's text encoder.")
     model.add_argument("--image_size", type=int, default=224)
+    model.add_argument("--image_mean_std", type=float, nargs=6, default=None, metavar="X",
+                       help="Per-channel mean (3) then std (3) of the input normalisation; default: the image "
+                            "encoder's own (0.5 for EfficientNet-Lite, the processor's values for Hub models).")
     model.add_argument("--max_text_length", type=int, default=24)
     model.add_argument("--decoder_hidden_sizes", type=int, nargs=4, default=[256, 128, 64, 32])
 
@@ -228,9 +231,13 @@ def build_model(args):
             AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=True),
             AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True),
         )
-    return from_pretrained_encoders(
+    model, processor = from_pretrained_encoders(
         args.image_encoder, args.text_encoder, trust_remote_code=args.trust_remote_code, **config_overrides(args)
     )
+    if args.image_mean_std:
+        mean_std = args.image_mean_std
+        processor.image_processor.image_mean, processor.image_processor.image_std = mean_std[:3], mean_std[3:]
+    return model, processor
 
 
 def build_optimizer(model, args):

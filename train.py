@@ -310,11 +310,10 @@ def main(argv=None):
     model, processor = build_model(args)
     if not args.no_augment:
         train_set = EpochSeededZoom(train_set, args.seed)
-    sampler = EpochShuffleSampler(len(train_set), args.seed)
     train_dataloader = DataLoader(
         train_set,
         batch_size=args.per_device_train_batch_size,
-        sampler=sampler,
+        sampler=EpochShuffleSampler(len(train_set), args.seed),
         collate_fn=TmcaSegmentationCollator(processor),
         num_workers=args.num_workers,
         # Its own generator: starting an iterator then draws nothing from the global RNG, which a checkpoint

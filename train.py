@@ -109,6 +109,8 @@ def parse_args(argv=None):
     run.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR))
     run.add_argument("--overwrite_output_dir", action="store_true", help="Replace a finished model in output_dir.")
     run.add_argument("--checkpointing_steps", default="epoch", help="'epoch', an integer number of steps, or 'none'.")
+    run.add_argument("--checkpoints_total_limit", type=int, default=2,
+                     help="Keep only the newest N checkpoints (each holds the model, optimizer and RNG states).")
     run.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
     run.add_argument("--report_to", default="none", help="Tracker for Accelerate: tensorboard, wandb, all, none.")
     run.add_argument("--final_eval_text_modes", nargs="*", default=["report", "shuffled", "empty"])
@@ -270,24 +272,30 @@ def validation_dice(model, dataloader, accelerator, threshold=0.5) -> dict:
     return {key: results[key] for key in ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")}
 
 
-def find_checkpoint(output_dir: Path, requested: str) -> Path:
-    if requested != "latest":
-        return Path(requested)
-    # best.json is written last: a checkpoint without it was cut off mid-save.
-    checkpoints = sorted(
+def complete_checkpoints(output_dir: Path) -> list:
+    """Checkpoint folders, oldest first; best.json is written last, so a folder without it was cut off mid-save."""
+    return sorted(
         (path for path in (output_dir / "checkpoints").glob("step_*") if (path / "best.json").exists()),
         key=lambda path: int(path.name.split("_")[1]),
     )
+
+
+def find_checkpoint(output_dir: Path, requested: str) -> Path:
+    if requested != "latest":
+        return Path(requested)
+    checkpoints = complete_checkpoints(output_dir)
     if not checkpoints:
         raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint under {output_dir / 'checkpoints'}.")
     return checkpoints[-1]
 
 
-def save_checkpoint(accelerator, output_dir: Path, completed_steps: int, best: dict):
+def save_checkpoint(accelerator, output_dir: Path, completed_steps: int, best: dict, total_limit: int):
     folder = output_dir / "checkpoints" / f"step_{completed_steps}"
     accelerator.save_state(str(folder))
     if accelerator.is_main_process:
         (folder / "best.json").write_text(json.dumps(best))
+        for old in complete_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old)
 
 
 def main(argv=None):
@@ -384,7 +392,7 @@ def main(argv=None):
             progress_bar.update(1)
             progress_bar.set_postfix(loss=f"{outputs.loss.item():.4f}", epoch=epoch)
             if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
-                save_checkpoint(accelerator, Path(args.output_dir), completed_steps, best)
+                save_checkpoint(accelerator, Path(args.output_dir), completed_steps, best, args.checkpoints_total_limit)
             if completed_steps >= args.max_train_steps:
                 break
 
@@ -402,7 +410,7 @@ def main(argv=None):
                 accelerator.unwrap_model(model).save_pretrained(Path(args.output_dir) / "best")
         accelerator.wait_for_everyone()
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, Path(args.output_dir), completed_steps, best)
+            save_checkpoint(accelerator, Path(args.output_dir), completed_steps, best, args.checkpoints_total_limit)
         if completed_steps >= args.max_train_steps:
             break
 

@@ -65,13 +65,15 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_like_an_unbroken_r
     broken = launch(*steps, "--output_dir", str(tmp_path / "broken"))
     checkpoints = tmp_path / "broken" / "checkpoints"
     deadline = time.time() + 600
-    while not (checkpoints / "step_2" / "best.json").exists():
+    while not any(int(path.name[5:]) >= 2 and (path / "best.json").exists() for path in checkpoints.glob("step_*")):
         assert broken.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
         time.sleep(0.05)
     os.killpg(broken.pid, signal.SIGKILL)  # the launcher and the training process it started
     broken.communicate()
     assert not (checkpoints / "step_6").exists(), "the run was not interrupted"
 
+    kept = sorted(path.name for path in (tmp_path / "unbroken" / "checkpoints").iterdir())
+    assert kept == ["step_5", "step_6"], f"--checkpoints_total_limit 2 should keep the newest two, kept {kept}"
     output = finish(launch(*steps, "--output_dir", str(tmp_path / "broken"), "--resume_from_checkpoint", "latest"))
     assert "Resumed from checkpoint" in output
     unbroken = load_file(tmp_path / "unbroken" / "checkpoints" / "step_6" / "model.safetensors")

@@ -200,7 +200,9 @@ class EfficientNetLiteEncoder(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hidden_states = (self.stem(pixel_values),)
+        # Channels-last throughout: on CPU the backward of a 5x5 depthwise convolution is about 200x slower in the
+        # default layout (16 s against 0.08 s for a batch of 8 at 28x28 with torch 2.13); GPUs prefer it as well.
+        hidden_states = (self.stem(pixel_values.contiguous(memory_format=torch.channels_last)),)
         for stage in self.stages:
             hidden_states += (stage(hidden_states[-1]),)
         return hidden_states

@@ -124,11 +124,11 @@ def test_push_uploads_exactly_the_saved_folder(tmp_path, monkeypatch):
             calls["create_repo"] = (repo_id, private, exist_ok)
             return f"https://huggingface.co/{repo_id}"
 
-        def upload_folder(self, folder_path, repo_id, commit_message, repo_type=None):
-            calls["upload_folder"] = (str(folder_path), repo_id, repo_type)
+        def upload_folder(self, folder_path, repo_id, commit_message, repo_type=None, ignore_patterns=None):
+            calls["upload_folder"] = (str(folder_path), repo_id, repo_type, ignore_patterns)
             return "commit"
 
     monkeypatch.setattr("tmca_hf.hub.HfApi", RecordingApi)
     push_folder_to_hub(tmp_path, "org/tmca", private=True)
     assert calls["create_repo"] == ("org/tmca", True, True)
-    assert calls["upload_folder"] == (str(tmp_path), "org/tmca", "model")
+    assert calls["upload_folder"] == (str(tmp_path), "org/tmca", "model", ["checkpoints/**"])

@@ -396,6 +396,11 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             if tensor is not None and (tensor.ndim != 2 or tensor.shape[0] != batch_size):
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected ({batch_size}, sequence_length).")
         if labels is not None:
+            if self.config.num_labels != 1:
+                raise ValueError(
+                    f"The TMCA loss is for binary lesion masks (num_labels=1); this model has "
+                    f"num_labels={self.config.num_labels}. Train with one label, or compute your own loss on the logits."
+                )
             if labels.ndim == 4 and labels.shape[1] == 1:
                 labels = labels[:, 0]
             if labels.shape != (batch_size, height, width):

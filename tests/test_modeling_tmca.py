@@ -256,3 +256,12 @@ def test_encoder_alignment_source_aligns_skip_features():
     assert [a.shape[-1] for a in output.alignment_maps] == [SIZE // s for s in (16, 8, 4)]
     output.loss.backward()
     assert model.alignment_levels["4"].pixel_projection.in_channels == 8
+
+
+def test_loss_on_a_multi_label_model_is_refused_clearly():
+    model = build(num_labels=3)
+    batch = make_batch()
+    with pytest.raises(ValueError, match="binary lesion masks \\(num_labels=1\\)"):
+        model(**batch)
+    batch.pop("labels")
+    assert model(**batch).logits.shape == (4, 3, SIZE, SIZE)

@@ -260,7 +260,7 @@ def build_optimizer(model, args):
 def validation_dice(model, dataloader, accelerator, threshold=0.5) -> dict:
     """Per-image and pooled Dice/IoU at the model's resolution, gathered over processes (for model selection)."""
     model.eval()
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics(with_hd95=False)  # selection needs Dice only; HD95 is measured at the end
     for batch in dataloader:
         with torch.no_grad():
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
@@ -359,7 +359,7 @@ def main(argv=None):
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
     best = {"dice_per_image": -1.0, "epoch": None}
     if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(Path(args.output_dir), args.resume_from_checkpoint)
+        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
         accelerator.load_state(str(checkpoint))
         best = json.loads((checkpoint / "best.json").read_text())
@@ -370,7 +370,7 @@ def main(argv=None):
     progress_bar = tqdm(
         range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process
     )
-    log_path = Path(args.output_dir) / "train_log.jsonl"
+    log_path = output_dir / "train_log.jsonl"
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
         train_dataloader.set_epoch(epoch)  # the shuffle, and Accelerate's own epoch counter
@@ -392,7 +392,7 @@ def main(argv=None):
             progress_bar.update(1)
             progress_bar.set_postfix(loss=f"{outputs.loss.item():.4f}", epoch=epoch)
             if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
-                save_checkpoint(accelerator, Path(args.output_dir), completed_steps, best, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, completed_steps, best, args.checkpoints_total_limit)
             if completed_steps >= args.max_train_steps:
                 break
 
@@ -407,16 +407,16 @@ def main(argv=None):
         if scores["dice_per_image"] > best["dice_per_image"]:
             best = {**scores, "epoch": epoch, "step": completed_steps}
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(Path(args.output_dir) / "best")
+                accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
         accelerator.wait_for_everyone()
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, Path(args.output_dir), completed_steps, best, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, output_dir, completed_steps, best, args.checkpoints_total_limit)
         if completed_steps >= args.max_train_steps:
             break
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(args, Path(args.output_dir), processor, eval_set, best, accelerator.device)
+        finish(args, output_dir, processor, eval_set, best, accelerator.device)
     accelerator.end_training()
 
 

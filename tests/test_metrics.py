@@ -213,3 +213,17 @@ def test_bad_ids_and_empty_compute():
         metrics.update(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), ids=["only-one"])
     with pytest.raises(ValueError, match="before any update"):
         metrics.compute()
+
+
+def test_without_hd95_the_dice_and_iou_are_unchanged_and_hd95_is_absent():
+    prediction = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    prediction[0, :2] = 1  # top two rows
+    target = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    target[0, :, :2] = 1  # left two columns: tp = fp = fn = tn = 4
+    full, light = SegmentationMetrics(), SegmentationMetrics(with_hd95=False)
+    full.update(prediction, target)
+    light.update(prediction, target)
+    scores = light.compute()
+    assert scores["dice_per_image"] == pytest.approx(0.5) and scores["iou_pooled"] == pytest.approx(1 / 3)
+    assert {k: v for k, v in full.compute().items() if not k.startswith("hd95")} == scores
+    assert "hd95" not in light.per_image_records()[0]

@@ -4,9 +4,12 @@
     accelerate launch train.py                      # the README's main job: the small QaTa-COV19 sample, offline encoders
     accelerate launch train.py --dataset ../shared/data/qata_cov19 --num_train_epochs 20 --output_dir outputs/qata
 
-It evaluates on the validation split after every epoch (Dice, gathered across processes), keeps the best model by
-validation Dice, and ends with one Hub-ready folder: model + processor + remote code + a model card with the metrics
-measured at the end (at each image's original size, with the real, shuffled and empty reports).
+Each split is decoded once into memory on the training device, the zoom runs there on whole batches, and a frozen
+text encoder runs once per distinct report (`tmca_hf.training_data`). It evaluates on the validation split after
+every epoch (Dice on the device, gathered across processes), logs images/s and the share of time spent waiting for
+data, keeps the best model by validation Dice, and ends with one Hub-ready folder: model + processor + remote code + a
+model card with the metrics measured at the end (at each image's original size, with the real, shuffled and empty
+reports). The resumable checkpoints go beside it, in `<output_dir>-checkpoints`, so the folder is what gets served.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import datasets
@@ -22,17 +26,18 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset, Sampler
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, SchedulerType, get_scheduler
 
-from tmca_hf.data import RandomZoom, TmcaSegmentationCollator, load_tmca_dataset, normalize_split_name
+from tmca_hf.data import load_tmca_dataset, normalize_split_name
 from tmca_hf.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER, from_pretrained_encoders
 from tmca_hf.evaluation import evaluate, format_table
 from tmca_hf.hub import push_folder_to_hub
 from tmca_hf.metrics import SegmentationMetrics
 from tmca_hf.model_card import write_model_card
+from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit
 
 
 logger = get_logger(__name__)
@@ -55,7 +60,8 @@ def parse_args(argv=None):
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--no_augment", action="store_true", help="Switch off the light random zoom.")
-    data.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0 keeps resumes exact).")
+    data.add_argument("--preprocessing_num_workers", type=int, default=0,
+                      help="Processes that decode each split, once, before training.")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None,
@@ -77,6 +83,10 @@ def parse_args(argv=None):
     ablation.add_argument("--alignment_levels", nargs="*", default=["16", "8", "4"],
                           help="Strides to align at (MCA); 'none' or nothing switches alignment off.")
     ablation.add_argument("--alignment_source", choices=["decoder", "encoder"], default="decoder")
+    ablation.add_argument("--alignment_position", action="store_true",
+                          help="Give the alignment levels each pixel's position (for 'left/right, upper/lower').")
+    ablation.add_argument("--cross_attention_init", type=float, default=0.01,
+                          help="Initial scale of the attended report in each decoder stage.")
     ablation.add_argument("--no_target_alignment", action="store_true", help="TSSD off: plain global alignment.")
     ablation.add_argument("--no_target_enhancement", action="store_true", help="LTE off.")
     ablation.add_argument("--no_text", action="store_true", help="Image-only model (implies no alignment, no LTE).")
@@ -107,6 +117,8 @@ def parse_args(argv=None):
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR))
+    run.add_argument("--checkpoint_dir", default=None,
+                     help="Where the resumable checkpoints and the best model so far go; default <output_dir>-checkpoints.")
     run.add_argument("--overwrite_output_dir", action="store_true", help="Replace a finished model in output_dir.")
     run.add_argument("--checkpointing_steps", default="epoch", help="'epoch', an integer number of steps, or 'none'.")
     run.add_argument("--checkpoints_total_limit", type=int, default=2,
@@ -126,6 +138,8 @@ def parse_args(argv=None):
         args.encoder_learning_rate = args.learning_rate / 10
     if args.checkpointing_steps not in ("epoch", "none") and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps must be 'epoch', 'none' or an integer, got {args.checkpointing_steps!r}.")
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = f"{Path(args.output_dir)}-checkpoints"
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. your-name/tmca-qata).")
     return args
@@ -139,6 +153,8 @@ def config_overrides(args) -> dict:
         decoder_hidden_sizes=args.decoder_hidden_sizes,
         alignment_levels=args.alignment_levels,
         alignment_source=args.alignment_source,
+        alignment_position=args.alignment_position,
+        cross_attention_init=args.cross_attention_init,
         use_target_alignment=not args.no_target_alignment,
         use_target_enhancement=bool(args.alignment_levels) and not args.no_target_enhancement,
         use_text=not args.no_text,
@@ -152,52 +168,19 @@ def config_overrides(args) -> dict:
     )
 
 
-class EpochSeededZoom(Dataset):
-    """
-    The light random zoom with draws fixed by (seed, epoch, index), not by when a batch is fetched: Accelerate fetches
-    one batch ahead, so draws from the global RNG would shift between an unbroken run and a resumed one.
-    """
-
-    def __init__(self, dataset, seed: int, scale=(1.0, 1.2)):
-        self.dataset, self.seed, self.scale, self.epoch = dataset, seed, scale, 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __getitem__(self, index):
-        row = dict(self.dataset[index])
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
-        row["image"], row["mask"] = RandomZoom(self.scale, generator=generator)(row["image"], row["mask"])
-        return row
-
-    def __len__(self):
-        return len(self.dataset)
-
-
-class EpochShuffleSampler(Sampler):
-    """A shuffle that is a pure function of (seed, epoch), so a resumed run sees the same order as an unbroken one."""
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
-
-    def __len__(self):
-        return self.num_samples
-
-
-def prepare_output_dir(args):
+def prepare_output_dir(args) -> Path:
+    """The model folder: refuse to replace a finished model unless asked, and say how to continue instead."""
     output_dir = Path(args.output_dir)
     finished = (output_dir / "config.json").exists()
     if finished and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        advice = (
+            "--resume_from_checkpoint latest to continue its run, "
+            if latest_checkpoint(Path(args.checkpoint_dir)) is not None
+            else ""
+        )
         raise SystemExit(
-            f"{output_dir} already holds a trained model. Pass --overwrite_output_dir to replace it, "
-            f"--resume_from_checkpoint latest to continue its run, or choose another --output_dir."
+            f"{output_dir} already holds a trained model. Pass --overwrite_output_dir to replace it, {advice}"
+            f"or choose another --output_dir."
         )
     if finished and args.overwrite_output_dir:
         shutil.rmtree(output_dir)
@@ -258,44 +241,74 @@ def build_optimizer(model, args):
 
 
 def validation_dice(model, dataloader, accelerator, threshold=0.5) -> dict:
-    """Per-image and pooled Dice/IoU at the model's resolution, gathered over processes (for model selection)."""
+    """Per-image and pooled Dice/IoU at the model's resolution, counted on the device and gathered over processes."""
     model.eval()
     metrics = SegmentationMetrics(with_hd95=False)  # selection needs Dice only; HD95 is measured at the end
     for batch in dataloader:
         with torch.no_grad():
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        predictions = (logits.sigmoid()[:, 0] > threshold).to(torch.uint8)
-        predictions, labels = accelerator.gather_for_metrics((predictions, batch["labels"].to(torch.uint8)))
-        metrics.update(predictions.cpu(), labels.cpu())
+        predictions = logits.sigmoid()[:, 0] > threshold
+        predictions, labels = accelerator.gather_for_metrics((predictions, batch["labels"].bool()))
+        metrics.update(predictions, labels)
     model.train()
     results = metrics.compute()
     return {key: results[key] for key in ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")}
 
 
-def complete_checkpoints(output_dir: Path) -> list:
-    """Checkpoint folders, oldest first; best.json is written last, so a folder without it was cut off mid-save."""
-    return sorted(
-        (path for path in (output_dir / "checkpoints").glob("step_*") if (path / "best.json").exists()),
-        key=lambda path: int(path.name.split("_")[1]),
-    )
+class TrainingProgress:
+    """The run's position and its best epoch so far, saved in every checkpoint (Accelerate's custom state)."""
+
+    def __init__(self):
+        self.completed_steps, self.best = 0, {"dice_per_image": -1.0, "epoch": None}
+
+    def state_dict(self) -> dict:
+        return {"completed_steps": self.completed_steps, "best": self.best}
+
+    def load_state_dict(self, state: dict):
+        self.completed_steps, self.best = state["completed_steps"], state["best"]
 
 
-def find_checkpoint(output_dir: Path, requested: str) -> Path:
-    if requested != "latest":
-        return Path(requested)
-    checkpoints = complete_checkpoints(output_dir)
-    if not checkpoints:
-        raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint under {output_dir / 'checkpoints'}.")
-    return checkpoints[-1]
+def latest_checkpoint(checkpoint_dir: Path):
+    """The newest complete checkpoint (Accelerate writes the custom state last), or None."""
+    complete = [path for path in (checkpoint_dir / "checkpoints").glob("checkpoint_*") if (path / "custom_checkpoint_0.pkl").exists()]
+    return max(complete, key=lambda path: int(path.name.split("_")[1]), default=None)
 
 
-def save_checkpoint(accelerator, output_dir: Path, completed_steps: int, best: dict, total_limit: int):
-    folder = output_dir / "checkpoints" / f"step_{completed_steps}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "best.json").write_text(json.dumps(best))
-        for old in complete_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old)
+def find_resume_checkpoint(args):
+    """The checkpoint --resume_from_checkpoint names (a folder, or 'latest'), checked before any work starts."""
+    if not args.resume_from_checkpoint:
+        return None
+    checkpoint_dir = Path(args.checkpoint_dir)
+    if args.resume_from_checkpoint == "latest":
+        checkpoint = latest_checkpoint(checkpoint_dir)
+        if checkpoint is None:
+            raise SystemExit(
+                f"--resume_from_checkpoint latest: no complete checkpoint under {checkpoint_dir / 'checkpoints'}."
+            )
+        return checkpoint
+    checkpoint = Path(args.resume_from_checkpoint)
+    if not (checkpoint / "custom_checkpoint_0.pkl").is_file():
+        raise SystemExit(f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint of this script.")
+    return checkpoint
+
+
+def resume(accelerator, checkpoint: Path, progress: TrainingProgress):
+    """Restore a checkpoint (model, optimizer, scheduler, sampler, RNG states and `progress`)."""
+    accelerator.load_state(str(checkpoint))
+    accelerator.project_configuration.iteration = int(checkpoint.name.split("_")[1]) + 1  # the next save's number
+    accelerator.print(f"Resumed from checkpoint: {checkpoint} (step {progress.completed_steps})")
+
+
+def checkpoint_due(args, completed_steps: int, epoch_end: bool) -> bool:
+    """Step checkpoints that fall on an epoch's last step are taken after its validation, so resuming repeats none."""
+    if args.checkpointing_steps == "epoch":
+        return epoch_end
+    return args.checkpointing_steps != "none" and completed_steps % int(args.checkpointing_steps) == 0
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv=None):
@@ -303,38 +316,50 @@ def main(argv=None):
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=args.output_dir,
         mixed_precision=args.mixed_precision,
+        project_config=ProjectConfiguration(
+            project_dir=args.checkpoint_dir, automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # its per-checkpoint INFO and rotation lines
+    transformers.utils.logging.disable_progress_bar()  # no shard-writing bars inside the training bar
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
     set_seed(args.seed)
+    resume_checkpoint = find_resume_checkpoint(args)
     output_dir = prepare_output_dir(args) if accelerator.is_main_process else Path(args.output_dir)
     accelerator.wait_for_everyone()
 
+    # Data: each split decoded once, onto the training device.
     train_set, eval_set = load_splits(args, accelerator)
     model, processor = build_model(args)
-    if not args.no_augment:
-        train_set = EpochSeededZoom(train_set, args.seed)
+    zoom = None if args.no_augment else BatchedRandomZoom(len(train_set), args.seed)
+    started = time.perf_counter()
+    train_data = DecodedSplit(train_set, processor, augment=zoom, num_workers=args.preprocessing_num_workers)
+    eval_data = DecodedSplit(eval_set, processor, num_workers=args.preprocessing_num_workers)
+    train_data.to(accelerator.device), eval_data.to(accelerator.device)
+    logger.info(f"Decoded {len(train_data)} + {len(eval_data)} examples in {time.perf_counter() - started:.1f} s")
     train_dataloader = DataLoader(
-        train_set,
+        train_data,
         batch_size=args.per_device_train_batch_size,
-        sampler=EpochShuffleSampler(len(train_set), args.seed),
-        collate_fn=TmcaSegmentationCollator(processor),
-        num_workers=args.num_workers,
-        # Its own generator: starting an iterator then draws nothing from the global RNG, which a checkpoint
-        # restores and which the augmentation and text dropout use, so a resumed run repeats the unbroken one.
+        shuffle=True,  # Accelerate's seedable sampler: the order is a function of (seed, epoch)
+        collate_fn=train_data.collate,
+        # Own generators: starting an iterator then draws nothing from the global RNG, which a checkpoint restores
+        # and which stochastic depth and text dropout use, so a resumed run repeats the unbroken one.
         generator=torch.Generator().manual_seed(args.seed),
-        drop_last=len(train_set) > args.per_device_train_batch_size * accelerator.num_processes,
+        drop_last=len(train_data) > args.per_device_train_batch_size * accelerator.num_processes,
     )
     eval_dataloader = DataLoader(
-        eval_set,
+        eval_data,
         batch_size=args.per_device_eval_batch_size,
-        collate_fn=TmcaSegmentationCollator(processor),
-        num_workers=args.num_workers,
+        collate_fn=eval_data.collate,
+        generator=torch.Generator().manual_seed(args.seed),
     )
+
+    # Model, optimizer and schedule.
     optimizer = build_optimizer(model, args)
     steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
@@ -349,80 +374,98 @@ def main(argv=None):
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler
     )
+    text_encoder = accelerator.unwrap_model(model).text_encoder
+    if text_encoder is not None and accelerator.unwrap_model(model).config.freeze_text_encoder:
+        train_data.encode_reports(text_encoder), eval_data.encode_reports(text_encoder)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
     if args.report_to != "none":
         accelerator.init_trackers("tmca", {k: str(v) for k, v in vars(args).items()})
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(f"{len(train_set)} training and {len(eval_set)} validation examples from {args.dataset}")
     logger.info(f"{args.num_train_epochs} epochs, {args.max_train_steps} steps, total batch size {total_batch_size}")
+    if resume_checkpoint is not None:
+        resume(accelerator, resume_checkpoint, progress)
+    starting_epoch = progress.completed_steps // steps_per_epoch
+    resume_batches = (progress.completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
 
-    completed_steps, starting_epoch, resume_batches = 0, 0, 0
-    best = {"dice_per_image": -1.0, "epoch": None}
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        accelerator.print(f"Resumed from checkpoint: {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        best = json.loads((checkpoint / "best.json").read_text())
-        completed_steps = int(checkpoint.name.split("_")[1])
-        starting_epoch = completed_steps // steps_per_epoch
-        resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
-
+    # Training: one bar, one line per epoch.
     progress_bar = tqdm(
-        range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process
+        range(args.max_train_steps), initial=progress.completed_steps, disable=not accelerator.is_local_main_process
     )
     log_path = output_dir / "train_log.jsonl"
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
-        train_dataloader.set_epoch(epoch)  # the shuffle, and Accelerate's own epoch counter
-        if isinstance(train_set, EpochSeededZoom):
-            train_set.set_epoch(epoch)  # Accelerate skips this when it shards the batches over processes
+        train_dataloader.set_epoch(epoch)  # the seedable sampler's order
+        train_data.set_epoch(epoch)  # the zoom's draws
         batches = train_dataloader
         if epoch == starting_epoch and resume_batches:
             batches = accelerator.skip_first_batches(train_dataloader, resume_batches)
-        for batch in batches:
+        images, data_wait, epoch_start = 0, 0.0, time.perf_counter()
+        iterator = iter(batches)
+        while True:
+            fetch_start = time.perf_counter()
+            batch = next(iterator, None)
+            data_wait += time.perf_counter() - fetch_start
+            if batch is None:
+                break
             with accelerator.accumulate(model):
                 outputs = model(**batch)
                 accelerator.backward(outputs.loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            images += len(batch["labels"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            completed_steps += 1
+            progress.completed_steps += 1
             progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{outputs.loss.item():.4f}", epoch=epoch)
-            if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
-                save_checkpoint(accelerator, output_dir, completed_steps, best, args.checkpoints_total_limit)
-            if completed_steps >= args.max_train_steps:
+            epoch_end = progress.completed_steps % steps_per_epoch == 0 or progress.completed_steps >= args.max_train_steps
+            if not epoch_end and checkpoint_due(args, progress.completed_steps, epoch_end=False):
+                accelerator.save_state()
+            if progress.completed_steps >= args.max_train_steps:
                 break
+        synchronize(accelerator.device)
+        train_seconds = time.perf_counter() - epoch_start
 
         scores = validation_dice(model, eval_dataloader, accelerator)
-        record = {"epoch": epoch, "step": completed_steps, "loss": outputs.loss.item(), **scores}
-        accelerator.print(json.dumps(record))
+        record = {
+            "epoch": epoch,
+            "step": progress.completed_steps,
+            "loss": outputs.loss.item(),
+            **scores,
+            "images_per_second": round(images / train_seconds, 1),
+            "data_wait_fraction": round(data_wait / train_seconds, 4),
+        }
+        if accelerator.is_main_process:
+            tqdm.write(json.dumps(record))
         if args.report_to != "none":
-            accelerator.log({f"eval/{k}": v for k, v in scores.items()} | {"train/loss": record["loss"]}, step=completed_steps)
+            accelerator.log({f"eval/{k}": v for k, v in scores.items()} | {"train/loss": record["loss"]}, step=progress.completed_steps)
         if accelerator.is_main_process:
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
-        if scores["dice_per_image"] > best["dice_per_image"]:
-            best = {**scores, "epoch": epoch, "step": completed_steps}
+        if scores["dice_per_image"] > progress.best["dice_per_image"]:
+            progress.best = {**scores, "epoch": epoch, "step": progress.completed_steps}
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
+                accelerator.unwrap_model(model).save_pretrained(Path(args.checkpoint_dir) / "best")
         accelerator.wait_for_everyone()
-        if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, output_dir, completed_steps, best, args.checkpoints_total_limit)
-        if completed_steps >= args.max_train_steps:
+        if checkpoint_due(args, progress.completed_steps, epoch_end=True):
+            accelerator.save_state()
+        if progress.completed_steps >= args.max_train_steps:
             break
+    progress_bar.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(args, output_dir, processor, eval_set, best, accelerator.device)
+        finish(args, output_dir, processor, eval_set, progress.best, accelerator.device)
     accelerator.end_training()
 
 
 def finish(args, output_dir: Path, processor, eval_set, best: dict, device):
     """Reload the best model, measure it at original sizes, and write the Hub-ready folder with its model card."""
-    model = AutoModel.from_pretrained(output_dir / "best", trust_remote_code=True).to(device).eval()
+    best_dir = Path(args.checkpoint_dir) / "best"
+    model = AutoModel.from_pretrained(best_dir, trust_remote_code=True).to(device).eval()
     results = [
         evaluate(model, processor, eval_set, batch_size=args.per_device_eval_batch_size, text_mode=mode, device=device)
         for mode in args.final_eval_text_modes
@@ -433,14 +476,18 @@ def finish(args, output_dir: Path, processor, eval_set, best: dict, device):
     (output_dir / "eval_results.json").write_text(json.dumps(summary, indent=2, default=str))
     (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
     write_model_card(output_dir / "README.md", REPO_ROOT / "model_card.md", results, vars(args))
-    shutil.rmtree(output_dir / "best")
+    shutil.rmtree(best_dir)
     print(f"\nValidation ({args.eval_split}, {len(eval_set)} images, original sizes, threshold 0.5), best epoch {best['epoch']}:")
     print(format_table(results))
-    print(f"\nSaved the model to {output_dir}\nServe it:  python space/app.py --model {output_dir}\n"
+    print(f"\nSaved the model to {output_dir} (resumable checkpoints: {args.checkpoint_dir})\n"
+          f"Serve it:  python space/app.py --model {output_dir}\n"
           f"Evaluate:  tmca-evaluate --model {output_dir} --dataset {args.dataset} --split {args.eval_split}")
     if args.push_to_hub:
         print(f"Pushed to {push_folder_to_hub(output_dir, args.hub_model_id, private=args.hub_private)}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as error:  # a read-only or full disk, a vanished folder: one line, not a traceback
+        raise SystemExit(f"train.py: {error.strerror or error}: {error.filename or ''}".rstrip(": ")) from None

@@ -52,38 +52,72 @@ def test_two_step_run_writes_a_loadable_folder_with_model_card(tmp_path):
     assert "library_name: transformers" in card and "dice_per_image" in card and "| report | 4 |" in card
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["evaluation"][0]["num_images"] == 4
-    assert "Serve it:" in output and not (folder / "best").exists()
+    assert "Serve it:" in output and not (tmp_path / "run-checkpoints" / "best").exists()
+    assert not (folder / "checkpoints").exists(), "the resumable checkpoints belong beside the model folder"
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert log and all(record["images_per_second"] > 0 and 0 <= record["data_wait_fraction"] < 1 for record in log)
     refused = launch("--max_train_steps", "2", "--output_dir", str(folder))
     out, _ = refused.communicate(timeout=300)
     assert refused.returncode != 0 and "already holds a trained model" in out
 
 
-def test_killed_run_resumes_from_its_last_checkpoint_and_ends_like_an_unbroken_run(tmp_path):
-    steps = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--text_dropout", "0.3"]  # 4 steps per epoch: resume crosses an epoch
+def last_checkpoint_weights(run) -> dict:
+    checkpoints = sorted((run.parent / f"{run.name}-checkpoints" / "checkpoints").glob("checkpoint_*"),
+                         key=lambda path: int(path.name.split("_")[1]))
+    return load_file(checkpoints[-1] / "model.safetensors")
+
+
+def validation_records(run) -> list:
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in ("images_per_second", "data_wait_fraction")} for record in records]
+
+
+@pytest.mark.parametrize("checkpointing_steps, kill_after", [("1", 2), ("4", 1)], ids=["mid-epoch", "epoch-end"])
+def test_killed_run_resumes_from_its_last_checkpoint_and_ends_like_an_unbroken_run(tmp_path, checkpointing_steps, kill_after):
+    # 4 steps per epoch: the mid-epoch case resumes across an epoch; the epoch-end one resumes after a validation.
+    steps = ["--max_train_steps", "8", "--checkpointing_steps", checkpointing_steps, "--text_dropout", "0.3"]
     finish(launch(*steps, "--output_dir", str(tmp_path / "unbroken")))
 
     broken = launch(*steps, "--output_dir", str(tmp_path / "broken"))
-    checkpoints = tmp_path / "broken" / "checkpoints"
+    checkpoints = tmp_path / "broken-checkpoints" / "checkpoints"
     deadline = time.time() + 600
-    while not any(int(path.name[5:]) >= 2 and (path / "best.json").exists() for path in checkpoints.glob("step_*")):
+    while len(list(checkpoints.glob("checkpoint_*/custom_checkpoint_0.pkl"))) < kill_after:
         assert broken.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.killpg(broken.pid, signal.SIGKILL)  # the launcher and the training process it started
     broken.communicate()
-    assert not (checkpoints / "step_6").exists(), "the run was not interrupted"
+    assert not (tmp_path / "broken" / "config.json").exists(), "the run was not interrupted"
 
-    kept = sorted(path.name for path in (tmp_path / "unbroken" / "checkpoints").iterdir())
-    assert kept == ["step_5", "step_6"], f"--checkpoints_total_limit 2 should keep the newest two, kept {kept}"
+    kept = sorted(path.name for path in (tmp_path / "unbroken-checkpoints" / "checkpoints").iterdir())
+    assert len(kept) == 2, f"--checkpoints_total_limit 2 should keep the newest two, kept {kept}"
     output = finish(launch(*steps, "--output_dir", str(tmp_path / "broken"), "--resume_from_checkpoint", "latest"))
     assert "Resumed from checkpoint" in output
-    unbroken = load_file(tmp_path / "unbroken" / "checkpoints" / "step_6" / "model.safetensors")
-    resumed = load_file(checkpoints / "step_6" / "model.safetensors")
+    unbroken, resumed = last_checkpoint_weights(tmp_path / "unbroken"), last_checkpoint_weights(tmp_path / "broken")
     assert unbroken.keys() == resumed.keys()
     worst = max((unbroken[k].float() - resumed[k].float()).abs().max().item() for k in unbroken)
     assert worst == 0.0, f"resumed weights differ from the unbroken run's by up to {worst}"
+    assert validation_records(tmp_path / "broken") == validation_records(tmp_path / "unbroken")
+    best = [json.loads((tmp_path / run / "eval_results.json").read_text())["best"] for run in ("unbroken", "broken")]
+    assert best[0] == best[1]
+
+
+def test_resuming_without_a_checkpoint_and_an_unwritable_output_say_so_in_one_line(tmp_path):
+    # (`accelerate launch` adds its own CalledProcessError traceback for any failing script; train.py adds none.)
+    finish(launch("--max_train_steps", "2", "--checkpointing_steps", "none", "--output_dir", str(tmp_path / "run")))
+    refused = launch("--max_train_steps", "2", "--output_dir", str(tmp_path / "run"))
+    out, _ = refused.communicate(timeout=300)
+    assert refused.returncode != 0 and "already holds a trained model" in out and "resume" not in out
+    resumed = launch("--max_train_steps", "2", "--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", "latest")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode != 0 and "no complete checkpoint under" in out and 'train.py", line' not in out
+    a_file = tmp_path / "a_file"  # a folder that cannot be made (as a read-only or full disk would refuse it)
+    a_file.write_text("")
+    blocked = launch("--max_train_steps", "2", "--output_dir", str(a_file / "run"))
+    out, _ = blocked.communicate(timeout=300)
+    assert blocked.returncode != 0 and f"Not a directory: {a_file / 'run'}" in out and 'train.py", line' not in out
 
 
 def test_two_cpu_processes_train_one_model(tmp_path):
     output = finish(launch("--max_train_steps", "2", "--output_dir", str(tmp_path / "ddp"), processes=2))
-    assert AutoModel.from_pretrained(tmp_path / "ddp") is not None
-    assert "total batch size 4" in output
+    model = AutoModel.from_pretrained(tmp_path / "ddp")
+    assert model.config.image_size == 64 and "total batch size 4" in output

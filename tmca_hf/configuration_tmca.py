@@ -73,6 +73,9 @@ class TmcaConfig(PretrainedConfig):
             Align the decoder stage outputs (`"decoder"`) or the encoder's skip features (`"encoder"`).
         alignment_dim (`int`, *optional*, defaults to 256):
             Dimension of the joint pixel-text embedding space.
+        alignment_position (`bool`, *optional*, defaults to `False`):
+            Give each alignment level's pixel projection the pixel's (x, y) position in [-1, 1], so that the pooled
+            target embedding carries where the lesion lies and can match the reports' "left/right, upper/lower".
         use_target_alignment (`bool`, *optional*, defaults to `True`):
             Target-sensitive semantic distance (TSSD): compare the report with the lesion region, with the image's
             own background as a hard negative. With `False` each level uses plain global alignment.
@@ -93,6 +96,9 @@ class TmcaConfig(PretrainedConfig):
             w_s per alignment level; equal weights when `None`.
         pixel_alignment_weight (`float`, *optional*, defaults to 1.0):
             lambda_pix, the weight of the dense pixel term inside each level.
+        cross_attention_init (`float`, *optional*, defaults to 0.01):
+            Initial value of the learnable scale on each decoder stage's attended report: how strongly the language
+            path starts.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
     """
@@ -114,6 +120,7 @@ class TmcaConfig(PretrainedConfig):
         alignment_levels=(16, 8, 4),
         alignment_source="decoder",
         alignment_dim=256,
+        alignment_position=False,
         use_target_alignment=True,
         use_target_enhancement=True,
         enhancement_init=0.1,
@@ -124,6 +131,7 @@ class TmcaConfig(PretrainedConfig):
         alignment_weight=0.5,
         alignment_level_weights=None,
         pixel_alignment_weight=1.0,
+        cross_attention_init=0.01,
         initializer_range=0.02,
         **kwargs,
     ):
@@ -139,6 +147,7 @@ class TmcaConfig(PretrainedConfig):
         self.alignment_levels = [int(level) for level in alignment_levels]
         self.alignment_source = alignment_source
         self.alignment_dim = alignment_dim
+        self.alignment_position = alignment_position
         self.use_target_alignment = use_target_alignment
         self.use_target_enhancement = use_target_enhancement
         self.enhancement_init = enhancement_init
@@ -151,6 +160,7 @@ class TmcaConfig(PretrainedConfig):
             [1.0] * len(self.alignment_levels) if alignment_level_weights is None else list(alignment_level_weights)
         )
         self.pixel_alignment_weight = pixel_alignment_weight
+        self.cross_attention_init = cross_attention_init
         self.initializer_range = initializer_range
         super().__init__(num_labels=num_labels, **kwargs)
         self._validate_tmca()

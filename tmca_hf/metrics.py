@@ -89,6 +89,32 @@ def hd95(prediction: torch.Tensor, target: torch.Tensor) -> Optional[float]:
     return distance.item()
 
 
+def _same_size_batch(predictions, targets) -> bool:
+    """Whether both are (B, H, W) tensors of one shape, which can be counted in one batched op."""
+    return (
+        isinstance(predictions, torch.Tensor)
+        and isinstance(targets, torch.Tensor)
+        and predictions.ndim == 3
+        and predictions.shape == targets.shape
+    )
+
+
+def _counts_record(counts: torch.Tensor, height: int, width: int, image_id: Optional[str]) -> dict:
+    """An image's record from its [tp, fp, tn, fn] counts: the counts, Dice and IoU (both-empty counts as 1)."""
+    tp, fp, tn, fn = (int(count) for count in counts.tolist())
+    return {
+        "id": image_id,
+        "height": height,
+        "width": width,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "dice": _score("f1 score", counts),
+        "iou": _score("threat score", counts),
+    }
+
+
 def _hd95_status(prediction_pixels: int, target_pixels: int) -> str:
     if prediction_pixels and target_pixels:
         return "ok"
@@ -117,16 +143,29 @@ class SegmentationMetrics:
 
     def __init__(self, with_hd95: bool = True):
         self.with_hd95 = with_hd95
-        self._records: list[dict[str, Any]] = []
+        self._finished: list[dict[str, Any]] = []
+        self._pending: list[tuple] = []  # (counts (B, 4) on the masks' device, ids, height, width) of same-size batches
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._finished) + sum(len(counts) for counts, *_ in self._pending)
 
     def reset(self) -> None:
-        self._records = []
+        self._finished, self._pending = [], []
+
+    @property
+    def _records(self) -> list[dict[str, Any]]:
+        """Per-image records; batches counted on their device are brought to the CPU here, once."""
+        for counts, ids, height, width in self._pending:
+            for index, image_counts in enumerate(counts.cpu()):
+                self._finished.append(_counts_record(image_counts, height, width, ids[index] if ids else None))
+        self._pending = []
+        return self._finished
 
     def update(self, predictions: MaskBatch, targets: MaskBatch, ids: Optional[Sequence[str]] = None) -> None:
         """Adds a batch of binary prediction/target mask pairs (and optional image ids for `per_image_records`)."""
+        if not self.with_hd95 and _same_size_batch(predictions, targets):
+            self._update_on_device(predictions, targets, ids)
+            return
         predictions = _as_mask_list(predictions, "predictions")
         targets = _as_mask_list(targets, "targets")
         if len(predictions) != len(targets):
@@ -141,22 +180,23 @@ class SegmentationMetrics:
                 )
             self._records.append(self._image_record(prediction, target, ids[index] if ids is not None else None))
 
+    def _update_on_device(self, predictions: torch.Tensor, targets: torch.Tensor, ids) -> None:
+        """Dice/IoU only, for (B, H, W) tensors: counted in one batched op where the masks are (a GPU, say)."""
+        for name, masks in (("predictions", predictions), ("targets", targets)):
+            if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
+                raise ValueError(f"`{name}` must be binary (values 0/1 or bool); threshold probabilities first")
+        if ids is not None and len(ids) != len(targets):
+            raise ValueError(f"got {len(ids)} ids for {len(targets)} masks")
+        counts = get_confusion_matrix(predictions[:, None].float(), targets[:, None].float())[:, 0]  # (B, 4)
+        self._pending.append((counts, list(ids) if ids is not None else None, *targets.shape[-2:]))
+
     def _image_record(self, prediction: torch.Tensor, target: torch.Tensor, image_id: Optional[str]) -> dict:
         counts = get_confusion_matrix(prediction[None, None], target[None, None])[0, 0]  # [tp, fp, tn, fn]
-        tp, fp, tn, fn = (int(count) for count in counts.tolist())
-        record = {
-            "id": image_id,
-            "height": target.shape[0],
-            "width": target.shape[1],
-            "tp": tp,
-            "fp": fp,
-            "tn": tn,
-            "fn": fn,
-            "dice": _score("f1 score", counts),
-            "iou": _score("threat score", counts),
-        }
+        record = _counts_record(counts, target.shape[0], target.shape[1], image_id)
         if self.with_hd95:
-            record.update(hd95=hd95(prediction, target), hd95_status=_hd95_status(tp + fp, tp + fn))
+            record.update(
+                hd95=hd95(prediction, target), hd95_status=_hd95_status(record["tp"] + record["fp"], record["tp"] + record["fn"])
+            )
         return record
 
     def per_image_records(self) -> list[dict[str, Any]]:

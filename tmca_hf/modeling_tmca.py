@@ -70,6 +70,16 @@ class TmcaText:
     same_report: torch.Tensor | None  # (B, B) True where two samples carry the same report
 
 
+@dataclass
+class TmcaLevelAlignment:
+    """What one alignment level computed: the joint-space embeddings and the per-pixel similarity logits."""
+
+    stride: int
+    pixel_embeddings: torch.Tensor  # (B, d, h, w) V_s, L2-normalised
+    text_embeddings: torch.Tensor  # (B, d) u, L2-normalised
+    similarity_logits: torch.Tensor  # (B, 1, h, w) cos(V_s, u) / tau_p + b_s; A_s is their sigmoid
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------------
@@ -126,7 +136,7 @@ class TmcaDecoderStage(nn.Module):
             self.text_projection = nn.Linear(config.text_config.hidden_size, in_channels)
             self.cross_attention_norm = nn.LayerNorm(in_channels)
             self.cross_attention = nn.MultiheadAttention(in_channels, heads, batch_first=True)
-            self.cross_attention_scale = nn.Parameter(torch.tensor(0.01))
+            self.cross_attention_scale = nn.Parameter(torch.tensor(float(config.cross_attention_init)))
         self.fusion = TmcaConvBlock(in_channels + skip_channels, out_channels)
 
     def forward(self, hidden_states: torch.Tensor, skip: torch.Tensor, text: TmcaText | None) -> torch.Tensor:
@@ -151,18 +161,22 @@ class TmcaAlignmentLevel(nn.Module):
     """
     One level of the multi-level contrastive alignment (MCA, method section 4): projects a feature map Z_s and the
     report vector t into a joint L2-normalised space (pixel map V_s, text vector u) and gives the per-pixel similarity
-    logits cos(V_s(p), u) / tau_p + b_s whose sigmoid is the map A_s that the pixel term trains and LTE uses.
+    logits cos(V_s(p), u) / tau_p + b_s whose sigmoid is the map A_s that the pixel term trains and LTE uses. With
+    `config.alignment_position` the pixel projection also sees each pixel's (x, y) position.
     """
 
     def __init__(self, config: TmcaConfig, channels: int):
         super().__init__()
-        self.pixel_projection = nn.Conv2d(channels, config.alignment_dim, 1)
+        self.with_position = config.alignment_position
+        self.pixel_projection = nn.Conv2d(channels + 2 * self.with_position, config.alignment_dim, 1)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.alignment_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.contrastive_temperature)))
         self.pixel_logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.pixel_temperature)))
         self.pixel_logit_bias = nn.Parameter(torch.tensor(0.0))
 
     def forward(self, features: torch.Tensor, text_vector: torch.Tensor):
+        if self.with_position:
+            features = torch.cat([features, _position_channels(features)], dim=1)
         pixel_embeddings = F.normalize(self.pixel_projection(features), dim=1)  # (B, d, h, w)
         text_embeddings = F.normalize(self.text_projection(text_vector), dim=-1)  # (B, d)
         cosine = torch.einsum("bdhw,bd->bhw", pixel_embeddings, text_embeddings)[:, None]  # (B, 1, h, w)
@@ -172,6 +186,15 @@ class TmcaAlignmentLevel(nn.Module):
     def contrastive_scale(self) -> torch.Tensor:
         """1 / tau, learnable and clamped so that tau >= 0.01."""
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+
+def _position_channels(features: torch.Tensor) -> torch.Tensor:
+    """(B, 2, h, w): each pixel's x and y centre in [-1, 1] (left/top = -1), in the features' dtype and device."""
+    batch_size, _, height, width = features.shape
+    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=features.device, dtype=features.dtype)
+    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=features.device, dtype=features.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, h, w): x then y
+    return grid[None].expand(batch_size, -1, -1, -1)
 
 
 class TmcaTargetEnhancement(nn.Module):
@@ -287,7 +310,6 @@ def _build_backbone(backbone_config):
 
 class TmcaPreTrainedModel(PreTrainedModel):
     config_class = TmcaConfig
-    base_model_prefix = "tmca"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
 
@@ -313,7 +335,7 @@ class TmcaPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.in_proj_bias)
             nn.init.zeros_(module.out_proj.bias)
         if isinstance(module, TmcaDecoderStage) and hasattr(module, "cross_attention_scale"):
-            nn.init.constant_(module.cross_attention_scale, 0.01)
+            nn.init.constant_(module.cross_attention_scale, self.config.cross_attention_init)
         elif isinstance(module, TmcaAlignmentLevel):
             nn.init.constant_(module.logit_scale, math.log(1 / self.config.contrastive_temperature))
             nn.init.constant_(module.pixel_logit_scale, math.log(1 / self.config.pixel_temperature))
@@ -376,7 +398,7 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
-    def _check_inputs(self, pixel_values, input_ids, attention_mask, labels):
+    def _check_inputs(self, pixel_values, input_ids, attention_mask, text_hidden_states, labels):
         channels = self.config.backbone_config.num_channels
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
@@ -395,6 +417,15 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask)):
             if tensor is not None and (tensor.ndim != 2 or tensor.shape[0] != batch_size):
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected ({batch_size}, sequence_length).")
+        if text_hidden_states is not None:
+            expected = (*input_ids.shape, self.config.text_config.hidden_size) if input_ids is not None else None
+            if expected is None or tuple(text_hidden_states.shape) != expected:
+                raise ValueError(
+                    f"text_hidden_states has shape {tuple(text_hidden_states.shape)}; expected the text encoder's "
+                    f"last hidden state for input_ids, {expected or '(batch, sequence_length, hidden_size) with input_ids given'}."
+                )
+            if not self.config.freeze_text_encoder:
+                raise ValueError("text_hidden_states stand in for a frozen text encoder; this model trains its own.")
         if labels is not None:
             if self.config.num_labels != 1:
                 raise ValueError(
@@ -413,8 +444,11 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             return labels[:, None].to(pixel_values.dtype)  # (B, 1, H, W)
         return None
 
-    def encode_text(self, input_ids, attention_mask, batch_size: int, device) -> TmcaText | None:
-        """Token states, padding mask and sentence vector of the reports; the null text where there is none."""
+    def encode_text(self, input_ids, attention_mask, batch_size: int, device, hidden_states=None) -> TmcaText | None:
+        """
+        Token states, padding mask and sentence vector of the reports; the null text where there is none.
+        `hidden_states`, the frozen text encoder's output for `input_ids` computed beforehand, skips the encoder.
+        """
         if not self.config.use_text:
             return None
         if input_ids is None:
@@ -428,8 +462,10 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-            states = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        states = hidden_states
+        if states is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+                states = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weights = attention_mask[..., None].to(states.dtype)
         vector = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
         text = TmcaText(
@@ -460,32 +496,44 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
 
     # -- alignment ---------------------------------------------------------------------------------------------------
 
-    def _align(self, stride: int, features: torch.Tensor, text: TmcaText, masks, maps: dict, losses: dict):
-        """Run one alignment level on `features`; record its map and loss terms; return the (enhanced) features."""
+    def _align(self, stride: int, features: torch.Tensor, text: TmcaText):
+        """One alignment level on `features`: what it computed, and the features after LTE (when switched on)."""
         level = self.alignment_levels[str(stride)]
-        pixel_embeddings, text_embeddings, similarity_logits = level(features, text.vector)
-        alignment_map = similarity_logits.sigmoid()  # A_s (B, 1, h, w)
-        maps[stride] = alignment_map
-        if masks is not None:
-            level_masks = F.interpolate(masks, size=features.shape[-2:], mode="area")  # M_s, soft in [0, 1]
-            if self.config.use_target_alignment:
-                contrastive = target_sensitive_contrastive_loss(
-                    pixel_embeddings, text_embeddings, level_masks, text.same_report, text.has_report, level.contrastive_scale()
-                )
-            else:
-                contrastive = global_contrastive_loss(
-                    pixel_embeddings, text_embeddings, text.same_report, text.has_report, level.contrastive_scale()
-                )
-            losses[stride] = (contrastive, dice_bce_loss(similarity_logits, level_masks))
+        alignment = TmcaLevelAlignment(stride, *level(features, text.vector))
         if str(stride) in self.target_enhancements:
-            features = self.target_enhancements[str(stride)](features, alignment_map)
-        return features
+            features = self.target_enhancements[str(stride)](features, alignment.similarity_logits.sigmoid())
+        return features, alignment
 
-    def _alignment_losses(self, losses: dict):
+    def _contrastive_loss(self, alignment: TmcaLevelAlignment, level_masks: torch.Tensor, text: TmcaText):
+        """TSSD contrast at one level, or plain global contrast with `use_target_alignment=False`."""
+        scale = self.alignment_levels[str(alignment.stride)].contrastive_scale()
+        if self.config.use_target_alignment:
+            return target_sensitive_contrastive_loss(
+                alignment.pixel_embeddings, alignment.text_embeddings, level_masks, text.same_report, text.has_report, scale
+            )
+        return global_contrastive_loss(
+            alignment.pixel_embeddings, alignment.text_embeddings, text.same_report, text.has_report, scale
+        )
+
+    def _loss(self, logits, masks, text: TmcaText | None, alignments: list) -> dict:
+        """L = Dice + BCE on the logits + alignment_weight * sum_s w_s (contrastive_s + pixel_alignment_weight * pixel_s)."""
+        segmentation = dice_bce_loss(logits, masks, self.config.dice_weight, self.config.bce_weight)
+        if not alignments:
+            return {"loss": segmentation, "segmentation_loss": segmentation}
         weights = dict(zip(self.config.alignment_levels, self.config.alignment_level_weights))
-        contrastive = sum(weights[stride] * terms[0] for stride, terms in losses.items())
-        pixel = sum(weights[stride] * terms[1] for stride, terms in losses.items())
-        return contrastive + self.config.pixel_alignment_weight * pixel, contrastive, pixel
+        contrastive = pixel = 0.0
+        for alignment in alignments:
+            level_masks = F.interpolate(masks, size=alignment.similarity_logits.shape[-2:], mode="area")  # M_s, soft
+            contrastive = contrastive + weights[alignment.stride] * self._contrastive_loss(alignment, level_masks, text)
+            pixel = pixel + weights[alignment.stride] * dice_bce_loss(alignment.similarity_logits, level_masks)
+        total_alignment = contrastive + self.config.pixel_alignment_weight * pixel
+        return {
+            "loss": segmentation + self.config.alignment_weight * total_alignment,
+            "segmentation_loss": segmentation,
+            "alignment_loss": total_alignment,
+            "contrastive_loss": contrastive,
+            "pixel_alignment_loss": pixel,
+        }
 
     # -- forward -----------------------------------------------------------------------------------------------------
 
@@ -494,9 +542,9 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        text_hidden_states: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> TmcaSegmentationOutput | tuple:
         r"""
         Args:
@@ -504,6 +552,10 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             input_ids (`torch.LongTensor` of shape `(batch_size, max_text_length)`, *optional*): the tokenised
                 reports. Optional only for models that support text-free inference.
             attention_mask (`torch.LongTensor` of shape `(batch_size, max_text_length)`, *optional*).
+            text_hidden_states (`torch.FloatTensor` of shape `(batch_size, max_text_length, hidden_size)`, *optional*):
+                the frozen text encoder's last hidden state for `input_ids`, computed once per distinct report (as
+                `train.py` does); the text encoder is then skipped. `input_ids` are still needed: equal reports are
+                positives for each other in the contrastive terms.
             labels (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*): binary lesion masks; only
                 needed for the loss.
 
@@ -519,35 +571,33 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         ```
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        masks = self._check_inputs(pixel_values, input_ids, attention_mask, labels)
+        masks = self._check_inputs(pixel_values, input_ids, attention_mask, text_hidden_states, labels)
         batch_size = pixel_values.shape[0]
         features = list(self.backbone(pixel_values).feature_maps)  # strides 4, 8, 16, 32
-        text = self.encode_text(input_ids, attention_mask, batch_size, pixel_values.device)
+        text = self.encode_text(input_ids, attention_mask, batch_size, pixel_values.device, text_hidden_states)
 
-        maps, level_losses = {}, {}
+        alignments = []
         encoder_alignment = self.config.alignment_source == "encoder"
         if encoder_alignment:
             for index, stride in enumerate(BACKBONE_STRIDES[:3]):
                 if stride in self.config.alignment_levels:
-                    features[index] = self._align(stride, features[index], text, masks, maps, level_losses)
+                    features[index], alignment = self._align(stride, features[index], text)
+                    alignments.append(alignment)
 
         hidden_states = self.neck(features[3])  # (B, hidden[0], H/32, W/32)
         for stage, skip, stride in zip(self.decoder_stages, reversed(features[:3]), DECODER_STRIDES):
             hidden_states = stage(hidden_states, skip, text)  # Z_s at stride 16, 8, 4
             if not encoder_alignment and stride in self.config.alignment_levels:
-                hidden_states = self._align(stride, hidden_states, text, masks, maps, level_losses)
+                hidden_states, alignment = self._align(stride, hidden_states, text)
+                alignments.append(alignment)
         logits = F.interpolate(
             self.segmentation_head(hidden_states), size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
         )
 
         losses = {}
-        if masks is not None:
-            losses["segmentation_loss"] = dice_bce_loss(logits, masks, self.config.dice_weight, self.config.bce_weight)
-            losses["loss"] = losses["segmentation_loss"]
-            if level_losses:
-                alignment, losses["contrastive_loss"], losses["pixel_alignment_loss"] = self._alignment_losses(level_losses)
-                losses["alignment_loss"] = alignment
-                losses["loss"] = losses["loss"] + self.config.alignment_weight * alignment
+        if labels is not None:
+            losses = self._loss(logits, masks, text, alignments)
+        maps = {alignment.stride: alignment.similarity_logits.sigmoid() for alignment in alignments}
         output = TmcaSegmentationOutput(
             logits=logits, alignment_maps=tuple(maps[stride] for stride in self.config.alignment_levels), **losses
         )

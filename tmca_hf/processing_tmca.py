@@ -1,6 +1,13 @@
 """Processor for TMCA: the image processor and the report tokenizer behind one call."""
 
 from transformers import BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs
+
+
+class TmcaProcessorKwargs(ProcessingKwargs, total=False):
+    """Tokenizer defaults: every report padded or cut to the processor's `max_text_length` tokens."""
+
+    _defaults = {"text_kwargs": {"padding": "max_length", "truncation": True, "return_token_type_ids": False}}
 
 
 class TmcaProcessor(ProcessorMixin):
@@ -38,21 +45,31 @@ class TmcaProcessor(ProcessorMixin):
             raise ValueError("TmcaProcessor needs images: the model segments images, guided by their reports.")
         data = dict(self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors=return_tensors))
         if text is not None:
-            reports = self._check_reports(text, len(data["pixel_values"]))
-            encoding = self.tokenizer(
-                reports,
-                padding="max_length",
-                truncation=True,
-                max_length=self.max_text_length,
-                return_tensors=return_tensors,
-                return_token_type_ids=False,
-                **kwargs,
-            )
+            encoding = self.encode_reports(text, return_tensors=return_tensors, **kwargs)
+            if len(encoding["input_ids"]) != len(data["pixel_values"]):
+                raise ValueError(
+                    f"Got {len(encoding['input_ids'])} reports for {len(data['pixel_values'])} images; expected one "
+                    f"report per image."
+                )
             data.update(encoding)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
+    def encode_reports(self, text, return_tensors="pt", **kwargs) -> BatchFeature:
+        """
+        Tokenise reports as the model was trained: padded or cut to `max_text_length` tokens. Keyword overrides
+        (`padding="longest"`, `max_length=32`, or `text_kwargs={...}`) are merged over these defaults the way the
+        transformers processors merge them.
+        """
+        explicit_length = "max_length" in kwargs or "max_length" in kwargs.get("text_kwargs", {})
+        text_kwargs = self._merge_kwargs(
+            TmcaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, return_tensors=return_tensors, **kwargs
+        )["text_kwargs"]
+        if not explicit_length:
+            text_kwargs["max_length"] = self.max_text_length
+        return BatchFeature(data=dict(self.tokenizer(self._check_reports(text), **text_kwargs)), tensor_type=return_tensors)
+
     @staticmethod
-    def _check_reports(text, num_images: int) -> list:
+    def _check_reports(text) -> list:
         reports = [text] if isinstance(text, str) else text
         if not isinstance(reports, (list, tuple)):
             raise TypeError(f"text must be a report string or a list of them, got {type(text).__name__}.")
@@ -68,8 +85,6 @@ class TmcaProcessor(ProcessorMixin):
                 f"report {empty[0]} is empty ({len(empty)} of {len(reports)}); pass text=None for text-free "
                 f"inference instead of empty strings."
             )
-        if len(reports) != num_images:
-            raise ValueError(f"Got {len(reports)} reports for {num_images} images; expected one report per image.")
         return list(reports)
 
     def post_process_semantic_segmentation(self, *args, **kwargs):

@@ -18,7 +18,7 @@ declare -A rows=(
 mkdir -p "$out"
 launch() {  # name, then train.py flags
     local name=$1; shift
-    OMP_NUM_THREADS=1 setsid nohup python train.py "${common[@]}" "$@" --output_dir "$out/$name" >"$out/$name.log" 2>&1 &
+    OMP_NUM_THREADS=1 setsid nohup python3 train.py "${common[@]}" "$@" --output_dir "$out/$name" >"$out/$name.log" 2>&1 &
 }
 for row in "${!rows[@]}"; do
     for seed in 1 2 3; do

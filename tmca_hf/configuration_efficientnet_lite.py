@@ -1,7 +1,12 @@
 """EfficientNet-Lite configuration (TMCA image encoder, method section 1)."""
 
 from transformers import PretrainedConfig
-from transformers.backbone_utils import BackboneConfigMixin
+
+
+try:  # transformers 5
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # transformers 4: the saved model folder loads there as remote code too
+    from transformers.utils.backbone_utils import BackboneConfigMixin, get_aligned_output_features_output_indices
 
 
 class EfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
@@ -143,7 +148,12 @@ class EfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
         self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, self.strides.count(2) + 1)]
         if out_features is None and out_indices is None:
             out_features = self.stage_names[1:]
-        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        if hasattr(self, "set_output_features_output_indices"):  # transformers 5
+            self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        else:  # transformers 4
+            self._out_features, self._out_indices = get_aligned_output_features_output_indices(
+                out_features=out_features, out_indices=out_indices, stage_names=self.stage_names
+            )
 
 
 __all__ = ["EfficientNetLiteConfig"]

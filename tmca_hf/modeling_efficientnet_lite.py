@@ -12,10 +12,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
+
+
+try:  # transformers 5
+    from transformers.backbone_utils import BackboneMixin
+except ImportError:  # transformers 4: the saved model folder loads there as remote code too
+    from transformers.utils.backbone_utils import BackboneMixin
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,8 @@ class EfficientNetLiteBackbone(BackboneMixin, EfficientNetLitePreTrainedModel):
 
     def __init__(self, config: EfficientNetLiteConfig):
         super().__init__(config)
+        if hasattr(self, "_init_backbone"):  # transformers 4 (5 does this in BackboneMixin.__init__)
+            self._init_backbone(config)
         self.encoder = EfficientNetLiteEncoder(config)
         self.num_features = [config.stem_channels] + [stage.out_channels for stage in self.encoder.stages]
         self.post_init()

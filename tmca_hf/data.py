@@ -11,18 +11,10 @@ Split names follow the `datasets` convention everywhere: `train`, `validation`, 
 mapped case-insensitively, with an LViT `_Folder` suffix removed: `Train` -> `train`; `Val`, `Valid`, `Validation`,
 `Dev` -> `validation`; `Test` -> `test`; any other name is kept in lower case (`testA` -> `testa`).
 
-Binary-mask rule (`mask_threshold`, default 127). A mask is read as 8-bit gray: colour masks through PIL's "L"
-conversion, palette masks by palette index, 16-bit and float masks scaled by 255 / their maximum when that exceeds
-255. A mask whose values are all 0 or 1 is a 0/1 label mask and is scaled to 0/255; so is a float mask in [0, 1].
-The mask is then rejected as *not binary* when
-
-1. more than 2 % of its pixels (`MAX_GRAY_FRACTION`) are mid-gray, i.e. in 32..223 (`GRAY_BAND`): soft
-   probability maps, gray images given as masks, colour masks whose lesion colour is not near white; JPEG
-   compression leaves at most 0.7 % of such pixels along the edges of Kvasir-SEG masks; or
-2. it has non-zero pixels but none above `mask_threshold`, so thresholding would wipe it out (class-index maps such
-   as 0/1/2, or masks drawn in a dark gray).
-
-Otherwise the mask becomes `value > mask_threshold` -> 255, else 0. An all-zero mask (no lesion) is valid.
+Masks follow the one mask rule of `tmca_hf.imaging_tmca` (its module docstring): each mask file is put on the
+0..255 scale, refused as *not binary* when more than 2 % of its pixels are mid-gray or when nothing lies above
+`mask_threshold` (default 127), and stored as `value > mask_threshold` -> 255, else 0. Images are read by the same
+module, so what is checked here is what the processor decodes.
 
 Other checks while reading: an image without a mask or a report (or a mask without an image), several files or
 conflicting reports for one id, an id listed in two splits, a mask whose size differs from its image's, an
@@ -56,7 +48,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .imaging_tmca import MASK_THRESHOLD, ImageReadError, open_image, read_image, threshold_mask
 
 
 logger = logging.getLogger(__name__)
@@ -71,8 +65,6 @@ FEATURES = datasets.Features(
 )
 LAYOUTS = ("lvit", "flat", "medvlsm", "disk", "parquet", "hub")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GRAY_BAND = (32, 223)
-MAX_GRAY_FRACTION = 0.02
 MAX_PARQUET_SHARD_BYTES = 500 << 20
 MAX_ROW_GROUP_BYTES = 100 << 20
 SPLIT_FOLDER = r"(train|val|valid|validation|dev|test)(_folder)?"  # LViT/GuideDecoder split folder names
@@ -166,71 +158,32 @@ class _Example:
     problems: list = field(default_factory=list)
 
 
-def _gray_mask(mask: Image.Image) -> Image.Image:
-    """A mask as 8-bit gray ("L"): palette masks by index, 16-bit/float masks scaled, 0/1 masks scaled to 0/255."""
-    if mask.mode in ("I", "F", "P") or mask.mode.startswith("I;16"):
-        values = np.asarray(mask, dtype=np.float64)
-        peak = float(values.max()) if values.size else 0.0
-        values = values * 255.0 if peak <= 1.0 else values * (255.0 / peak) if peak > 255.0 else values
-        return Image.fromarray(np.rint(values).clip(0, 255).astype(np.uint8))
-    gray = mask if mask.mode == "L" else mask.convert("L")
-    if gray.getextrema()[1] <= 1:
-        return Image.fromarray(np.asarray(gray) * np.uint8(255))
-    return gray
-
-
-def _binarize_mask(mask: Image.Image, threshold: int):
-    """The module's binary-mask rule. Returns (0/255 "L" image or None, reason or None); the image is `mask`
-    itself when that is already a 0/255 gray PNG."""
-    gray = _gray_mask(mask)
-    counts = gray.histogram()  # 256 bins
-    size = gray.width * gray.height
-    gray_fraction = sum(counts[GRAY_BAND[0] : GRAY_BAND[1] + 1]) / max(size, 1)
-    if gray_fraction > MAX_GRAY_FRACTION:
-        return None, (
-            f"mask is not binary: {gray_fraction:.1%} of its pixels are mid-gray ({GRAY_BAND[0]}..{GRAY_BAND[1]}), "
-            f"more than {MAX_GRAY_FRACTION:.0%}; expected values near 0 and 255 (or 0/1)"
-        )
-    if sum(counts[threshold + 1 :]) == 0 and counts[0] < size:
-        return None, (
-            f"mask values are at most {max(v for v, n in enumerate(counts) if n)}, none above "
-            f"mask_threshold={threshold}: thresholding would leave it empty (a class-index map? expected 0/255 or 0/1)"
-        )
-    if gray is mask and mask.format == "PNG" and counts[0] + counts[255] == size:
-        return mask, None  # already a 0/255 gray PNG: its bytes are kept as they are
-    return Image.fromarray(np.where(np.asarray(gray) > threshold, np.uint8(255), np.uint8(0))), None
-
-
-def _open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()  # decode now: truncated or corrupt files fail here, not in the middle of training
-    return image
-
-
-def _decode_error(error: Exception) -> str:
-    return "not an image format PIL can read" if isinstance(error, UnidentifiedImageError) else str(error)
+def _png_bytes(lesion) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(lesion.numpy().astype(np.uint8) * np.uint8(255)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _check_pair(image_bytes: bytes, mask_bytes: bytes, threshold: int):
-    """Decode and check one image and its mask. Returns (mask PNG bytes or None, reason or None)."""
+    """Decode and check one image and its mask (`imaging_tmca`'s reading and mask rule). Returns (mask PNG bytes or
+    None, reason or None); the mask's own bytes are kept when it is already a 0/255 gray PNG."""
     try:
-        image = _open_image(image_bytes)
-    except (OSError, ValueError, SyntaxError) as error:
-        return None, f"unreadable image ({_decode_error(error)})"
+        height, width = read_image(image_bytes, name="it", max_pixels=None, min_side=1).size
+    except ImageReadError as error:
+        return None, f"unreadable image: {error}"
     try:
-        mask = _open_image(mask_bytes)
-    except (OSError, ValueError, SyntaxError) as error:
-        return None, f"unreadable mask ({_decode_error(error)})"
-    if mask.size != image.size:
-        return None, f"mask is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}"
-    binary, reason = _binarize_mask(mask, threshold)
-    if reason is not None:
-        return None, reason
-    if binary is mask:
+        mask = open_image(mask_bytes, name="it", max_pixels=None, min_side=1)
+    except ImageReadError as error:
+        return None, f"unreadable mask: {error}"
+    if mask.size != (width, height):
+        return None, f"mask is {mask.size[0]}x{mask.size[1]} but the image is {width}x{height}"
+    try:
+        lesion = threshold_mask(mask, "mask", threshold)
+    except ValueError as error:
+        return None, str(error)
+    if mask.format == "PNG" and mask.mode == "L" and np.array_equal(np.asarray(mask), lesion.numpy() * np.uint8(255)):
         return mask_bytes, None
-    buffer = io.BytesIO()
-    binary.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue(), None
+    return _png_bytes(lesion), None
 
 
 def _read_bytes(path: Path, what: str):
@@ -694,7 +647,7 @@ def load_tmca_dataset(
     layout: str = "auto",
     prompt_key: str = "p6",
     text_column: Optional[str] = None,
-    mask_threshold: int = 127,
+    mask_threshold: int = MASK_THRESHOLD,
     skip_invalid: bool = False,
     splits=None,
     **load_dataset_kwargs,
@@ -1094,7 +1047,7 @@ def main(argv=None) -> int:
         command.add_argument("--layout", choices=("auto",) + LAYOUTS, default="auto")
         command.add_argument("--prompt_key", default="p6", help="medvlsm prompt used as the report (default p6)")
         command.add_argument("--text_column", default=None, help="report column of saved/parquet/Hub datasets")
-        command.add_argument("--mask_threshold", type=int, default=127)
+        command.add_argument("--mask_threshold", type=int, default=MASK_THRESHOLD)
         command.add_argument("--splits", nargs="+", default=None, help="only these splits")
         command.add_argument("--skip_invalid", action="store_true", help="leave invalid examples out")
     args = parser.parse_args(argv)

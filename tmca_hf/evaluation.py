@@ -18,10 +18,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 from .data import load_tmca_dataset, normalize_split_name
+from .imaging_tmca import binary_mask
 from .metrics import SegmentationMetrics
 
 
@@ -41,18 +41,6 @@ def derangement(size: int, seed: int = 0) -> list[int]:
 
 def _normalise_report(text: str) -> str:
     return " ".join(text.lower().split())
-
-
-def _binary_mask(mask: Any, image_id: str) -> np.ndarray:
-    """A (H, W) bool array from a mask image with values 0/1 or 0/255."""
-    array = np.asarray(mask.convert("L") if isinstance(mask, Image.Image) else mask)
-    if array.ndim != 2:
-        raise ValueError(f"mask of image {image_id!r} must be a single-channel (H, W) image, got shape {array.shape}")
-    if not np.isin(array, (0, 1, 255)).all():
-        raise ValueError(
-            f"mask of image {image_id!r} is not binary: expected values 0/1 or 0/255, found {np.unique(array)[:8]}"
-        )
-    return array > 0
 
 
 def _check_dataset(dataset, text_mode: str) -> None:
@@ -140,10 +128,10 @@ def evaluate(
             for start in range(0, len(dataset), batch_size):
                 batch = dataset[start : start + batch_size]
                 images = batch["image"]  # PIL images at their original sizes
-                targets = [_binary_mask(mask, image_id) for mask, image_id in zip(batch["mask"], batch["id"])]
+                targets = [binary_mask(mask, f"mask of image {id_!r}") for mask, id_ in zip(batch["mask"], batch["id"])]
                 sizes = [(image.height, image.width) for image in images]
                 for size, target, image_id in zip(sizes, targets, batch["id"]):
-                    if target.shape != size:
+                    if tuple(target.shape) != size:
                         raise ValueError(
                             f"mask of image {image_id!r} is {target.shape[0]}x{target.shape[1]} but the image is "
                             f"{size[0]}x{size[1]} (height x width): they must match"
@@ -154,7 +142,7 @@ def evaluate(
                 predictions = processor.post_process_semantic_segmentation(
                     outputs, target_sizes=sizes, threshold=threshold
                 )
-                metrics.update(predictions, [torch.from_numpy(target) for target in targets], ids=batch["id"])
+                metrics.update(predictions, targets, ids=batch["id"])
     finally:
         model.train(was_training)
     return {**result, "available": True, **notes, **metrics.compute(), "per_image": metrics.per_image_records()}

@@ -5,97 +5,34 @@ import os
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import is_pil_image, load_image, to_numpy_array
+from transformers.image_utils import is_pil_image, to_numpy_array
+
+from .imaging_tmca import ImageReadError, binary_mask, channels_first, read_image, to_unit_range
 
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def _open(path, what: str):
-    try:
-        image = load_image(str(path))
-    except Exception as error:  # PIL raises several types for unreadable or truncated files
-        raise ValueError(f"Cannot read {what} from {os.fspath(path)!r}: {error}") from None
-    return image
-
-
-def _pil_to_tensor(image) -> torch.Tensor:
-    """A PIL image as a (H, W) or (H, W, C) tensor, palettes and CMYK converted, alpha dropped."""
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGB")
-    if image.mode == "1":
-        image = image.convert("L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        image = image.convert("RGB" if image.mode.startswith(("RGB", "P")) else "L")
-    return torch.tensor(to_numpy_array(image))
-
-
-def _to_tensor(image, index: int, kind: str) -> torch.Tensor:
-    """Any supported image input as a (H, W) or (H, W, C) / (C, H, W) tensor."""
-    if isinstance(image, (str, os.PathLike)):
-        image = _open(image, f"{kind} {index}")
+def _to_tensor(image, index: int) -> torch.Tensor:
+    """Any supported image input as a (H, W) or (H, W, C) / (C, H, W) tensor; files and PIL images through
+    `imaging_tmca.read_image` (no size limits here: those are the applications' to set)."""
     if is_pil_image(image):
-        return _pil_to_tensor(image)
+        return torch.from_numpy(read_image(image, name=f"image {index}", max_pixels=None, min_side=1).pixels)
+    if isinstance(image, (str, os.PathLike, bytes)):
+        where = "its bytes" if isinstance(image, bytes) else repr(os.fspath(image))
+        try:
+            pixels = read_image(image, name="the file", max_pixels=None, min_side=1).pixels
+        except ImageReadError as error:
+            raise ImageReadError(f"Cannot read image {index} from {where}: {error}") from None
+        return torch.from_numpy(pixels)
     if isinstance(image, torch.Tensor):
         return image.detach().cpu()
     if hasattr(image, "__array__") and hasattr(image, "dtype"):
         return torch.tensor(to_numpy_array(image))
     raise TypeError(
-        f"{kind} {index} is a {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor "
-        f"or a path to an image file."
-    )
-
-
-def _channels_first(image: torch.Tensor, index: int, kind: str) -> torch.Tensor:
-    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} -> (C, H, W)."""
-    if image.ndim == 2:
-        return image[None]
-    if image.ndim == 3:
-        if image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
-            return image
-        if image.shape[-1] in (1, 3, 4):
-            return image.permute(2, 0, 1)
-    raise ValueError(
-        f"{kind} {index} has shape {tuple(image.shape)}; expected (H, W), (H, W, C) or (C, H, W) with "
-        f"C = 1 (gray), 3 (RGB) or 4 (RGBA)."
-    )
-
-
-def _to_unit_range(image: torch.Tensor) -> torch.Tensor:
-    """uint8 / 255; deeper integer images (16-bit PNG, DICOM) and floats above 1 by their own min and max."""
-    if image.dtype == torch.uint8:
-        return image.float() / 255.0
-    if image.dtype == torch.bool:
-        return image.float()
-    is_float = image.dtype.is_floating_point
-    image = image.float()
-    if not is_float or image.max() > 1.0 or image.min() < 0.0:
-        low, high = image.min(), image.max()
-        return (image - low) / (high - low) if high > low else torch.zeros_like(image)
-    return image
-
-
-def _binary_mask(mask: torch.Tensor, index: int) -> torch.Tensor:
-    """A (1, H, W) mask with values 0/1 or 0/255 (or bool) -> float {0, 1}."""
-    if mask.shape[0] != 1:
-        if mask.shape[0] == 3 and bool((mask == mask[:1]).all()):
-            mask = mask[:1]
-        else:
-            raise ValueError(
-                f"segmentation map {index} has {mask.shape[0]} channels; expected a single-channel binary mask."
-            )
-    values = torch.unique(mask)
-    if mask.dtype == torch.bool or set(values.tolist()) <= {0, 1}:
-        return mask.float()
-    if set(values.tolist()) <= {0, 255}:
-        return (mask == 255).float()
-    shown = ", ".join(f"{value:g}" for value in values[:8].tolist())
-    raise ValueError(
-        f"segmentation map {index} has values [{shown}{', ...' if len(values) > 8 else ''}]; expected a binary mask "
-        f"with values 0/1 or 0/255 (threshold soft or JPEG-compressed masks first)."
+        f"image {index} is a {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor, "
+        f"a path to an image file or its bytes."
     )
 
 
@@ -130,8 +67,8 @@ class TmcaImageProcessor(BaseImageProcessor):
         self.image_std = list(image_std) if image_std is not None else IMAGENET_STD
 
     def _prepare_image(self, image, index: int) -> torch.Tensor:
-        image = _channels_first(_to_tensor(image, index, "image"), index, "image")
-        image = _to_unit_range(image[:3])
+        image = channels_first(_to_tensor(image, index), f"image {index}")
+        image = to_unit_range(image[:3], f"image {index}")
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         return image
@@ -175,9 +112,7 @@ class TmcaImageProcessor(BaseImageProcessor):
             raise ValueError(f"Got {len(masks)} segmentation maps for {len(prepared_images)} images; expected one each.")
         labels = []
         for index, (mask, image) in enumerate(zip(masks, prepared_images)):
-            if is_pil_image(mask) and mask.mode not in ("L", "1", "I", "I;16"):
-                mask = mask.convert("L")
-            mask = _binary_mask(_channels_first(_to_tensor(mask, index, "segmentation map"), index, "segmentation map"), index)
+            mask = binary_mask(mask, f"segmentation map {index}").float()[None]
             if mask.shape[-2:] != image.shape[-2:]:
                 raise ValueError(
                     f"segmentation map {index} is {tuple(mask.shape[-2:])} (H, W) but its image is "

@@ -1,23 +1,8 @@
-"""Inference helpers shared by the Gradio Space (`space/app.py`) and `tmca-predict` (`tmca_hf/predict.py`).
-
-This module is deliberately standalone: it imports only numpy, PIL, torch and transformers (and pydicom, lazily, for
-DICOM files), never the `tmca_hf` package. The Space must run from a Hub model with `trust_remote_code=True` and
-without `tmca_hf` installed, so `space/tmca_inference.py` is a symlink to this file: there is one copy of the image
-decoding (DICOM, 16-bit, pixel limits), report checks and batched prediction, and uploading the `space/` folder with
-`huggingface_hub.upload_folder` (or `huggingface-cli upload`) sends the file the link points to.
-
-Decoding rules (`read_image`):
-
-- PNG / JPEG / BMP / TIFF / GIF via PIL, first frame, EXIF orientation applied. 8-bit images stay uint8 (gray or
-  RGB); palette, CMYK and alpha images are converted to RGB (alpha dropped), 1-bit to gray. 16-bit gray PNG/TIFF
-  keep their depth (uint16), 32-bit integer and float images too; the processor scales those by their own min/max.
-- DICOM (the `DICM` magic at byte 128, or a `.dcm`/`.dicom` name) via pydicom: rescale slope and intercept applied
-  (float32), MONOCHROME1 inverted so that bright is dense, like MONOCHROME2; the first frame of a multi-frame file.
-- The size is checked from the header, before any pixel is decoded: more than `MAX_IMAGE_PIXELS` pixels or a side
-  under `MIN_IMAGE_SIDE` is refused. Unreadable, truncated or pixel-less files raise `ImageReadError`.
+"""Inference helpers shared by the Gradio Space (`space/app.py`) and `tmca-predict` (`tmca_hf/predict.py`): report
+checks, model loading and batched prediction. Images are read by `tmca_hf.imaging_tmca` (the module every saved model
+ships); `read_image`, `ImageReadError` and `to_display_rgb` are re-exported here for the Space.
 """
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,42 +10,20 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
+# Absolute, not relative: the Space still loads this file through its symlink space/tmca_inference.py, and takes
+# these names from here.
+from tmca_hf.imaging_tmca import ImageReadError, read_image, to_display_rgb  # noqa: F401
 
-# 6000 x 6000: above any chest X-ray (about 3000 x 3000 to 4300 x 3500), endoscopy frame or CT/MR slice, and small
-# enough that decoding and resizing on a CPU Space stays within memory (about 150 MB per float channel).
-MAX_IMAGE_PIXELS = 36_000_000
-# The backbone's coarsest stride: below it there is nothing to segment.
-MIN_IMAGE_SIDE = 32
-DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp") + DICOM_SUFFIXES
+
 # A report is tokenised only this many characters per model token when counting what is cut (long reports are cheap).
 _CHARS_PER_TOKEN_CHECKED = 64
-
-ImageSource = Union[str, os.PathLike, bytes]
-
-
-class ImageReadError(ValueError):
-    """An input file that is not a usable image: unreadable, truncated, too large or small, or without pixel data."""
 
 
 class ReportError(ValueError):
     """A report the model cannot use: empty for a model that needs text, or made only of unknown tokens."""
-
-
-@dataclass
-class LoadedImage:
-    """Decoded pixels, (H, W) or (H, W, 3) (uint8, uint16, int32 or float32), and notes about the decoding."""
-
-    pixels: np.ndarray
-    notes: list = field(default_factory=list)
-
-    @property
-    def size(self) -> tuple:
-        """(height, width)."""
-        return tuple(self.pixels.shape[:2])
 
 
 @dataclass
@@ -86,154 +49,6 @@ class Prediction:
     @property
     def area_fraction(self) -> float:
         return self.lesion_pixels / self.mask.size
-
-
-# ----------------------------------------------------------------------------------------------------- images
-
-
-def _describe(source: ImageSource, name: Optional[str]) -> str:
-    if name:
-        return name
-    return "the image" if isinstance(source, bytes) else os.fspath(source)
-
-
-def _open_binary(source: ImageSource):
-    if isinstance(source, bytes):
-        return io.BytesIO(source)
-    path = Path(source)
-    if path.is_dir():
-        raise ImageReadError(f"{path} is a folder; expected an image file.")
-    try:
-        return open(path, "rb")
-    except OSError as error:
-        raise ImageReadError(f"Cannot open {path}: {error.strerror or error}.") from None
-
-
-def _is_dicom(stream, label: str) -> bool:
-    header = stream.read(132)
-    stream.seek(0)
-    return header[128:132] == b"DICM" or label.lower().endswith(DICOM_SUFFIXES)
-
-
-def _check_size(height: int, width: int, label: str, max_pixels: int, min_side: int) -> None:
-    if height * width > max_pixels:
-        raise ImageReadError(
-            f"{label} is {width}x{height} pixels ({height * width / 1e6:.0f} MP); the limit is "
-            f"{max_pixels / 1e6:.0f} MP. Downscale the image first (the model sees it at a few hundred pixels anyway)."
-        )
-    if min(height, width) < min_side:
-        raise ImageReadError(
-            f"{label} is {width}x{height} pixels; expected at least {min_side} pixels on each side."
-        )
-
-
-def _pil_pixels(image: Image.Image) -> np.ndarray:
-    """A loaded PIL image as gray or RGB pixels, deep gray images kept at their depth."""
-    if image.mode in ("1", "LA", "La"):
-        image = image.convert("L")
-    elif image.mode in ("P", "PA"):
-        image = image.convert("RGBA").convert("RGB")  # via RGBA: palette transparency is then dropped quietly
-    elif image.mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
-    elif image.mode not in ("L", "RGB", "I", "F"):
-        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBA, RGBa, RGBX
-    return np.asarray(image)
-
-
-def _read_pil(stream, label: str, max_pixels: int, min_side: int) -> LoadedImage:
-    try:
-        image = Image.open(stream)  # reads the header only
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(
-            f"{label} is far too large to decode ({error}); the limit is {max_pixels / 1e6:.0f} MP."
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f"{label} is not an image file this app can read: expected PNG, JPEG, BMP, TIFF, GIF, WebP or DICOM."
-        ) from None
-    _check_size(image.height, image.width, label, max_pixels, min_side)
-    notes = []
-    if getattr(image, "n_frames", 1) > 1:
-        notes.append(f"{label} has {image.n_frames} frames; the first one is segmented.")
-    try:
-        image = ImageOps.exif_transpose(image)
-        pixels = _pil_pixels(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageReadError(f"{label} is damaged or truncated and cannot be decoded ({error}).") from None
-    return LoadedImage(np.ascontiguousarray(pixels), notes)
-
-
-def _read_dicom(stream, label: str, max_pixels: int, min_side: int) -> LoadedImage:
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError:
-        raise ImageReadError(f"{label} is a DICOM file; reading DICOM needs pydicom (pip install pydicom).") from None
-    try:
-        dataset = pydicom.dcmread(stream, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as error:
-        raise ImageReadError(f"{label} is not a readable DICOM file ({error}).") from None
-    if not any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        kind = dataset.get("Modality") or dataset.get("SOPClassUID", "unknown kind")
-        raise ImageReadError(
-            f"{label} is a DICOM file without pixel data ({kind}: e.g. a report, a DICOMDIR or a header-only file); "
-            f"expected a DICOM image."
-        )
-    _check_size(int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0), label, max_pixels, min_side)
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # pydicom raises several types: missing decoders, bad lengths, unknown syntaxes
-        raise ImageReadError(f"{label}: the DICOM pixel data cannot be decoded ({error}).") from None
-    notes = []
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]
-        notes.append(f"{label} has {frames} frames; the first one is segmented.")
-    if pixels.ndim == 2:
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-        pixels = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        if dataset.get("PhotometricInterpretation", "") == "MONOCHROME1":
-            pixels = pixels.max() + pixels.min() - pixels
-    return LoadedImage(np.ascontiguousarray(pixels), notes)
-
-
-def read_image(
-    source: ImageSource,
-    name: Optional[str] = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-    min_side: int = MIN_IMAGE_SIDE,
-) -> LoadedImage:
-    """
-    Decode an image file (path or bytes) for TMCA, checking its size before decoding (see the module docstring).
-
-    Args:
-        source: a path to the file, or its bytes.
-        name: how messages call the file (defaults to the path).
-        max_pixels, min_side: size limits; larger or smaller images raise `ImageReadError`.
-
-    Raises:
-        ImageReadError: the file is missing, not an image, damaged, too large or small, or a DICOM without pixels.
-    """
-    label = _describe(source, name)
-    stream = _open_binary(source)
-    try:
-        reader = _read_dicom if _is_dicom(stream, label) else _read_pil
-        return reader(stream, label, max_pixels, min_side)
-    finally:
-        stream.close()
-
-
-def to_display_rgb(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 for display: 8-bit kept, deeper images scaled by their min/max (as the processor scales them)."""
-    if pixels.dtype != np.uint8:
-        pixels = pixels.astype(np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        pixels = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
-        pixels = pixels.round().astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    return pixels[..., :3]
 
 
 # ---------------------------------------------------------------------------------------------------- reports

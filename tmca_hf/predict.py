@@ -36,17 +36,8 @@ from typing import Optional, Union
 
 from tqdm.auto import tqdm
 
-from .inference import (
-    IMAGE_SUFFIXES,
-    ImageReadError,
-    ReportError,
-    check_report,
-    check_threshold,
-    load_model,
-    mask_to_image,
-    predict,
-    read_image,
-)
+from .imaging_tmca import IMAGE_SUFFIXES, ImageReadError, read_image
+from .inference import ReportError, check_report, check_threshold, load_model, mask_to_image, predict
 
 
 IMAGE_COLUMNS = ("image", "file", "filename", "img_name")

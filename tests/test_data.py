@@ -503,7 +503,9 @@ def test_cli_convert(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert data.main(["convert", str(broken), str(tmp_path / "out2"), "--skip_invalid"]) == 0
-    assert "skipped: 7 invalid examples" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "skipped 7 invalid example(s) (--skip_invalid):" in printed
+    assert "[train] images/soft_mask.png: mask is not binary" in printed
 
 
 def test_cli_push(tmp_path, monkeypatch, capsys):

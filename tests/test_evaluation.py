@@ -204,16 +204,16 @@ def test_command_line_writes_json_and_never_overwrites(tiny_model_and_processor,
     processor.save_pretrained(tmp_path / "model")
     calls = []
 
-    def fake_load_tmca_dataset(source, **kwargs):
-        calls.append((source, kwargs))
-        return datasets.DatasetDict({"validation": make_split(SIZES, DISTINCT_REPORTS)})  # as for splits=["val"]
+    def fake_load_split(source, split, **kwargs):
+        calls.append((source, split, kwargs))
+        return make_split(SIZES, DISTINCT_REPORTS), []
 
-    monkeypatch.setattr(evaluation, "load_tmca_dataset", fake_load_tmca_dataset)
+    monkeypatch.setattr(evaluation, "load_split", fake_load_split)
     output = tmp_path / "out" / "results.json"
     argv = ["--model", str(tmp_path / "model"), "--dataset", "some/source", "--split", "val", "--prompt_key", "p1",
             "--max_samples", "3", "--batch_size", "2", "--output_json", str(output)]  # fmt: skip
-    evaluation.main(argv)
-    assert calls == [("some/source", {"prompt_key": "p1", "splits": ["validation"]})]
+    assert evaluation.main(argv) == 0
+    assert calls == [("some/source", "val", {"prompt_key": "p1", "skip_invalid": False})]
     report = json.loads(output.read_text())
     assert set(report["results"]) == set(TEXT_MODES)
     assert all(METRIC_KEYS <= set(result) for result in report["results"].values())

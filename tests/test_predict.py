@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import tiny_config, tiny_processor
-from tmca_hf import TmcaForImageSegmentation
+from conftest import save_tiny_model
 from tmca_hf.inference import ImageReadError, read_image
 from tmca_hf.predict import main
 
@@ -93,23 +91,16 @@ def write_format_zoo(folder: Path) -> dict:
 # ------------------------------------------------------------------------------------------------------ fixtures
 
 
-def _save_model(folder: Path, **overrides) -> Path:
-    torch.manual_seed(0)
-    TmcaForImageSegmentation(tiny_config(**overrides)).eval().save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random model that also segments without a report (text_dropout > 0)."""
-    return _save_model(tmp_path_factory.mktemp("tiny-tmca"), text_dropout=0.2)
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-tmca"), text_dropout=0.2)
 
 
 @pytest.fixture(scope="module")
 def text_only_model_dir(tmp_path_factory) -> Path:
     """A tiny random model that needs a report for every image."""
-    return _save_model(tmp_path_factory.mktemp("tiny-tmca-text"))
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-tmca-text"))
 
 
 @pytest.fixture
@@ -229,7 +220,9 @@ def test_predict_refuses_reports_the_model_cannot_use(text_only_model_dir, image
 def test_predict_refuses_images_folder_as_output(model_dir, image_folder, capsys):
     images, reports = image_folder
     assert _run(model_dir, images, reports, images, "--overwrite") == 2
-    assert "is the images folder" in capsys.readouterr().err
+    assert "is in the images folder" in capsys.readouterr().err
+    assert _run(model_dir, images, reports, images / "masks") == 2  # its subfolders are read as images
+    assert "is in the images folder" in capsys.readouterr().err and not (images / "masks").exists()
 
 
 def test_predict_dataset_split(model_dir, tmp_path):

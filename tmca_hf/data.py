@@ -30,7 +30,6 @@ lists of sentences, of which the first is used, so the text stays deterministic)
 import argparse
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -52,8 +51,6 @@ from PIL import Image
 
 from .imaging_tmca import MASK_THRESHOLD, ImageReadError, open_image, read_image, threshold_mask
 
-
-logger = logging.getLogger(__name__)
 
 FEATURES = datasets.Features(
     {
@@ -718,11 +715,27 @@ def load_tmca_dataset(
     if problems and not skip_invalid:
         raise DatasetValidationError(source, problems)
     if problems:
-        message = f"Skipped {len(problems)} invalid example(s) in {source}; see .invalid_examples for the list."
-        logger.warning(message)
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(
+            f"Skipped {len(problems)} invalid example(s) in {source}; see .invalid_examples for the list.", stacklevel=2
+        )
     dataset_dict.invalid_examples = problems  # inspectable count and list of what was skipped
     return dataset_dict
+
+
+def load_split(source, split: str, *, prompt_key: str = "p6", skip_invalid: bool = False) -> tuple:
+    """One split for the command-line tools: (Dataset, skipped [`InvalidExample`]s). The tool lists what was skipped
+    (`skipped_message`), so the library's warning is not repeated."""
+    split = normalize_split_name(split)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Skipped \d+ invalid example", category=UserWarning)
+        loaded = load_tmca_dataset(source, prompt_key=prompt_key, splits=[split], skip_invalid=skip_invalid)
+    return loaded[split], loaded.invalid_examples
+
+
+def skipped_message(problems: list) -> str:
+    """What a command line says about the examples --skip_invalid left out: how many, and each file and why."""
+    shown = "\n  ".join(map(str, problems[:20])) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+    return f"skipped {len(problems)} invalid example(s) (--skip_invalid):\n  {shown}"
 
 
 def _check_wanted(source, wanted, found) -> None:
@@ -1068,7 +1081,7 @@ def main(argv=None) -> int:
         for split, dataset in dataset_dict.items():
             print(f"{split}: {len(dataset)} examples")
         if dataset_dict.invalid_examples:
-            print(f"skipped: {len(dataset_dict.invalid_examples)} invalid examples")
+            print(skipped_message(dataset_dict.invalid_examples))
         if args.command == "convert":
             output = save_tmca_dataset(dataset_dict, args.output_dir, format=args.format, overwrite=args.overwrite)
             print(f"saved ({args.format}) to {output}")
@@ -1087,11 +1100,13 @@ __all__ = [
     "RandomZoom",
     "TmcaSegmentationCollator",
     "detect_layout",
+    "load_split",
     "load_tmca_dataset",
     "make_dataset_card",
     "normalize_split_name",
     "push_tmca_dataset",
     "save_tmca_dataset",
+    "skipped_message",
 ]
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Command line: `tmca-evaluate --model PATH_OR_HUB_ID --dataset SOURCE [--split va
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from .data import load_tmca_dataset, normalize_split_name
+from .data import load_split, normalize_split_name, skipped_message
 from .imaging_tmca import binary_mask
 from .metrics import SegmentationMetrics
 
@@ -184,6 +185,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--dataset", required=True, help="dataset source for tmca_hf.data.load_tmca_dataset")
     parser.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
     parser.add_argument("--prompt_key", default="p6", help="report prompt of medvlsm-layout datasets (default: p6)")
+    parser.add_argument("--skip_invalid", action="store_true", help="leave out (and list) invalid examples")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--text_modes", nargs="+", choices=TEXT_MODES, default=list(TEXT_MODES))
@@ -200,11 +202,22 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of `tmca-evaluate`: prints a table of the results and writes them to --output_json."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `tmca-evaluate`: prints a table of the results and writes them to --output_json. Returns 0, or
+    2 after a one-line error (an invalid dataset, a missing model or file)."""
     args = _parse_args(argv)
-    split = normalize_split_name(args.split)
-    dataset = load_tmca_dataset(args.dataset, prompt_key=args.prompt_key, splits=[split])[split]
+    try:
+        _run(args)
+    except (ValueError, OSError) as error:
+        print(f"tmca-evaluate: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    dataset, skipped = load_split(args.dataset, args.split, prompt_key=args.prompt_key, skip_invalid=args.skip_invalid)
+    if skipped:
+        print(f"tmca-evaluate: {skipped_message(skipped)}", file=sys.stderr)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -224,7 +237,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         )
         for text_mode in args.text_modes
     ]
-    print(f"{args.model} on {args.dataset} [{split}], threshold {args.threshold}")
+    split = normalize_split_name(args.split)
+    print(f"{args.model} on {args.dataset} [{split}], threshold {args.threshold}"
+          + (f", {len(skipped)} invalid example(s) skipped" if skipped else ""))
     print(format_table(results))
     if args.output_json is not None:
         report = {
@@ -233,6 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "split": split,
             "prompt_key": args.prompt_key,
             "max_samples": args.max_samples,
+            "skipped": [str(problem) for problem in skipped],
             "results": {result["text_mode"]: result for result in results},
         }
         args.output_json.parent.mkdir(parents=True, exist_ok=True)
@@ -241,4 +257,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

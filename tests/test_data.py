@@ -533,6 +533,20 @@ def test_samples_load_with_expected_counts():
     assert total < 3 * 2**20
 
 
+def test_real_data_is_required_under_ci(tmp_path, monkeypatch):
+    """Issue 8 item 16: without ../shared/data the real-data tests skip with a reason, but fail under CI=true."""
+    from conftest import require_shared_data
+
+    missing = tmp_path / "shared" / "data"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="real data not found at .*shared/data"):
+        require_shared_data(missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true, so the real-data tests must run"):
+        require_shared_data(missing)
+    assert require_shared_data(tmp_path) == tmp_path  # present: used, CI or not
+
+
 def link_subset(source: Path, target: Path, names_by_folder: dict) -> Path:
     """A folder of symlinks to a few real files, so the tests read a handful of ids, not thousands."""
     for folder, names in names_by_folder.items():

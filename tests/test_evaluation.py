@@ -226,3 +226,41 @@ def test_command_line_writes_json_and_never_overwrites(tiny_model_and_processor,
     assert len(calls) == 1 and "pass --overwrite" in capsys.readouterr().err
     evaluation.main(argv + ["--overwrite", "--text_modes", "empty"])
     assert set(json.loads(output.read_text())["results"]) == {"empty"}
+
+
+def test_command_line_skip_invalid_and_one_line_errors(tiny_model_and_processor, tmp_path, capsys):
+    """Issue 8 item 7: the --skip_invalid the error suggests exists and says what it skipped; errors are one line."""
+    model, processor = tiny_model_and_processor
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    root = tmp_path / "flat"
+    for folder in ("images", "masks", "reports"):
+        (root / folder).mkdir(parents=True)
+    for index, id_ in enumerate(["a", "b", "c"]):
+        Image.fromarray(np.full((40, 48), 60 * index, np.uint8)).save(root / "images" / f"{id_}.png")
+        mask = np.zeros((40, 48), np.uint8)
+        mask[5:20, 5:30] = 255
+        Image.fromarray(mask if id_ != "b" else np.full((40, 48), 128, np.uint8)).save(root / "masks" / f"{id_}.png")
+        (root / "reports" / f"{id_}.txt").write_text(f"report {id_}")
+    (root / "split.json").write_text(json.dumps({"val": ["a", "b", "c"]}))
+    output = tmp_path / "results.json"
+    argv = ["--model", str(tmp_path / "model"), "--dataset", str(root), "--output_json", str(output)]
+    capsys.readouterr()  # the save_pretrained progress bar
+
+    assert evaluation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tmca-evaluate: error: 1 invalid example(s)") and "--skip_invalid" in err
+    assert "Traceback" not in err and not output.exists()
+
+    assert evaluation.main([*argv, "--skip_invalid"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 invalid example(s) (--skip_invalid):\n  [validation] images/b.png: mask is not binary" in captured.err
+    assert "1 invalid example(s) skipped" in captured.out
+    report = json.loads(output.read_text())
+    assert report["skipped"][0].startswith("[validation] images/b.png: mask is not binary")
+    assert [record["id"] for record in report["results"]["report"]["per_image"]] == ["a", "c"]
+
+    assert evaluation.main(["--model", str(tmp_path / "no-model"), "--dataset", str(root), "--skip_invalid"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"tmca-evaluate: error: No TMCA model at {tmp_path / 'no-model'}")
+    assert "Traceback" not in err

@@ -8,14 +8,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, save_tiny_model, tiny_processor
 from PIL import Image
-from transformers import AutoModel
 from transformers.dynamic_module_utils import get_imports
 
 from tmca_hf import evaluation, imaging_tmca, inference, predict
@@ -204,22 +202,20 @@ def test_same_file_same_tensor_on_every_path(model_dir, mixed_flat, tmp_path, mo
     assert split["id"] == ids
     by_reader = [processor(images=row["image"])["pixel_values"] for row in split]
 
-    by_evaluate = []
-    auto_model = SimpleNamespace(
-        from_pretrained=lambda *args, **kwargs: record_pixel_values(AutoModel.from_pretrained(*args, **kwargs),
-                                                                    by_evaluate)
-    )
-    monkeypatch.setattr(evaluation, "AutoModel", auto_model)
-    evaluation.main(["--model", str(model_dir), "--dataset", str(mixed_flat), "--text_modes", "report",
-                     "--batch_size", "1", "--device", "cpu"])  # fmt: skip
+    by_evaluate, by_predict = [], []
 
-    by_predict = []
+    def recording_loader(captured: list):
+        def load_model(*args, **kwargs):
+            model, loaded_processor = inference.load_model(*args, **kwargs)
+            return record_pixel_values(model, captured), loaded_processor
 
-    def load_recording_model(*args, **kwargs):
-        model, loaded_processor = inference.load_model(*args, **kwargs)
-        return record_pixel_values(model, by_predict), loaded_processor
+        return load_model
 
-    monkeypatch.setattr(predict, "load_model", load_recording_model)
+    monkeypatch.setattr(evaluation, "load_model", recording_loader(by_evaluate))
+    assert evaluation.main(["--model", str(model_dir), "--dataset", str(mixed_flat), "--text_modes", "report",
+                            "--batch_size", "1", "--device", "cpu"]) == 0  # fmt: skip
+
+    monkeypatch.setattr(predict, "load_model", recording_loader(by_predict))
     assert predict.main(["--model", str(model_dir), "--dataset", str(mixed_flat), "--output_dir",
                          str(tmp_path / "by_dataset"), "--batch_size", "1", "--device", "cpu"]) == 0  # fmt: skip
     by_dataset = list(by_predict)
@@ -241,8 +237,9 @@ def test_same_file_same_tensor_on_every_path(model_dir, mixed_flat, tmp_path, mo
 def test_predict_dataset_agrees_with_evaluate(model_dir, tmp_path):
     """tmca-predict --dataset writes the masks tmca-evaluate scores: the same per-image counts and Dice."""
     samples = SAMPLES / "qata_cov19"
-    evaluation.main(["--model", str(model_dir), "--dataset", str(samples), "--text_modes", "report", "--batch_size",
-                     "4", "--device", "cpu", "--output_json", str(tmp_path / "evaluation.json")])  # fmt: skip
+    assert evaluation.main(["--model", str(model_dir), "--dataset", str(samples), "--text_modes", "report",
+                            "--batch_size", "4", "--device", "cpu", "--output_json",
+                            str(tmp_path / "evaluation.json")]) == 0  # fmt: skip
     evaluated = json.loads((tmp_path / "evaluation.json").read_text())["results"]["report"]
     output = tmp_path / "masks"
     assert predict.main(["--model", str(model_dir), "--dataset", str(samples), "--batch_size", "4", "--device", "cpu",

@@ -3,6 +3,7 @@ or JSON of reports, dataset splits, overwrite refusal, unreadable images, and ev
 
 import io
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_tiny_model
+from conftest import REPO_ROOT, save_tiny_model
 from tmca_hf.inference import ImageReadError, read_image
 from tmca_hf.predict import main
+
+
+SAMPLES = REPO_ROOT / "samples"
 
 
 # ------------------------------------------------------------------------------- image files (also used by test_space)
@@ -225,12 +229,10 @@ def test_predict_refuses_images_folder_as_output(model_dir, image_folder, capsys
     assert "is in the images folder" in capsys.readouterr().err and not (images / "masks").exists()
 
 
-def test_predict_dataset_split(model_dir, tmp_path):
-    """--dataset reads a layout through tmca_hf.data (here the flat one, QaTa-COV19 style) and names masks by id."""
-    root = tmp_path / "flat"
+def _flat_dataset(root: Path, ids: list) -> Path:
+    """A flat (QaTa-COV19 style) dataset: the first id in train, the others in val."""
     for folder in ("images", "masks", "reports"):
         (root / folder).mkdir(parents=True)
-    ids = ["covid_1", "covid_2", "covid_3"]
     for index, example_id in enumerate(ids):
         Image.fromarray(gradient(48 + index, 56).astype(np.uint8)).save(root / "images" / f"{example_id}.png")
         mask = np.zeros((48 + index, 56), np.uint8)
@@ -238,12 +240,153 @@ def test_predict_dataset_split(model_dir, tmp_path):
         Image.fromarray(mask).save(root / "masks" / f"{example_id}.png")
         (root / "reports" / f"{example_id}.txt").write_text("unilateral pulmonary infection, lower right lung.")
     (root / "split.json").write_text(json.dumps({"train": ids[:1], "val": ids[1:]}))
+    return root
+
+
+def test_predict_dataset_split(model_dir, tmp_path):
+    """--dataset reads a layout through tmca_hf.data (here the flat one, QaTa-COV19 style) and names masks by id."""
+    root = _flat_dataset(tmp_path / "flat", ["covid_1", "covid_2", "covid_3"])
     output = tmp_path / "out"
     assert main(["--model", str(model_dir), "--dataset", str(root), "--split", "val", "--output_dir", str(output)]) == 0
     summary = json.loads((output / "summary.json").read_text())
     assert [entry["file"] for entry in summary["images"]] == ["covid_2", "covid_3"]
     assert np.asarray(Image.open(output / "covid_3.png")).shape == (50, 56)
     assert summary["source"]["split"] == "val"
+
+
+def _saved_dataset(folder: Path, ids: list) -> Path:
+    """A dataset saved with save_to_disk whose ids are any strings (paths, '..', duplicates of stems)."""
+    import datasets
+
+    from tmca_hf.data import FEATURES
+
+    mask = np.zeros((40, 48), np.uint8)
+    mask[5:20, 5:30] = 255
+    rows = {
+        "image": [Image.fromarray(gradient(40, 48).astype(np.uint8)) for _ in ids],
+        "mask": [Image.fromarray(mask) for _ in ids],
+        "text": ["left lower lung"] * len(ids),
+        "id": ids,
+    }
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(rows, features=FEATURES)}).save_to_disk(str(folder))
+    return folder
+
+
+def test_predict_writes_only_inside_output_dir_with_unique_recorded_names(model_dir, tmp_path):
+    """Issue 8 item 1: ids that are paths never write outside --output_dir, never overwrite, never collide."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.png").write_bytes(b"not to be touched")
+    ids = ["../escaped", "escaped", str(outside / "victim"), "victim", "sub/x", "other/x", "Case", "case", "img.v2"]
+    source = _saved_dataset(tmp_path / "dataset", ids)
+    work = tmp_path / "work"
+    work.mkdir()
+    output = work / "out"
+    assert main(["--model", str(model_dir), "--dataset", str(source), "--output_dir", str(output)]) == 0
+    assert (outside / "victim.png").read_bytes() == b"not to be touched" and sorted(work.iterdir()) == [output]
+    summary = json.loads((output / "summary.json").read_text())
+    names = {entry["file"]: entry["mask"] for entry in summary["images"]}
+    assert sorted(names) == sorted(ids) and "SHA-256" in summary["mask_naming"]
+    assert sorted(path.name for path in output.iterdir()) == sorted([*names.values(), "summary.json"])
+    assert len({name.lower() for name in names.values()}) == len(ids)  # unique, even on case-insensitive disks
+    assert names["escaped"] == "escaped.png" and names["victim"] == "victim.png" and names["img.v2"] == "img.v2.png"
+    assert names["../escaped"].startswith("_escaped-") and names["sub/x"].startswith("sub_x-")
+    assert names["Case"] != names["case"] and names["Case"].startswith("Case-")
+
+    again = tmp_path / "again"
+    assert main(["--model", str(model_dir), "--dataset", str(source), "--output_dir", str(again)]) == 0
+    assert {e["file"]: e["mask"] for e in json.loads((again / "summary.json").read_text())["images"]} == names
+
+
+def test_predict_overwrite_touches_nothing_outside(model_dir, image_folder, tmp_path):
+    """--overwrite removes only the masks a summary lists by a name the tool gives, and never writes through links."""
+    images, reports = image_folder
+    output = tmp_path / "out"
+    output.mkdir()
+    (tmp_path / "precious.png").write_bytes(b"keep")
+    (output / "case_a.png").symlink_to(tmp_path / "precious.png")
+    (output / "summary.json").write_text(json.dumps({"images": [{"mask": "../precious.png"}, {"mask": "/etc/hosts"}]}))
+    assert _run(model_dir, images, reports, output, "--overwrite") == 0
+    assert (tmp_path / "precious.png").read_bytes() == b"keep"
+    assert not (output / "case_a.png").is_symlink() and Image.open(output / "case_a.png").size == (48, 40)
+
+
+def test_predict_matches_reports_by_relative_path(model_dir, tmp_path, capsys):
+    """Issue 8 item 2: left/a.png and right/a.png keep their own reports; names that fit one image twice are refused."""
+    images = tmp_path / "images"
+    for side in ("left", "right"):
+        (images / side).mkdir(parents=True)
+        Image.fromarray(gradient(40, 48).astype(np.uint8)).save(images / side / "a.png")
+    reports = tmp_path / "reports.csv"
+    reports.write_text("image,report\nleft/a.png,left lung\nright/a.png,right lung\n")
+    assert _run(model_dir, images, reports, tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {entry["file"]: entry["report"] for entry in summary["images"]} == {"left/a.png": "left lung",
+                                                                              "right/a.png": "right lung"}
+    assert len({entry["mask"] for entry in summary["images"]}) == 2
+
+    reports.write_text("image,report\na.png,somewhere\n")  # fits both images
+    assert _run(model_dir, images, reports, tmp_path / "out2") == 2
+    assert "fits 2 images" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(gradient(40, 48).astype(np.uint8)).save(flat / "a.png")
+    reports.write_text("image,report\nleft/a.png,left lung\nright/a.png,right lung\n")
+    assert _run(model_dir, flat, reports, tmp_path / "out3") == 2
+    assert "The reports for 'left/a.png' and 'right/a.png' both name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda path: path.write_text("image,report\ncase_a.png,left lung\ncase_b.png,right, lower lung\n"),
+         r"reports.csv, line 3: 3 value\(s\) where the header has 2 columns .* quote a report that contains commas"),
+        (lambda path: path.write_text("image,report\ncase_a.png,left lung\n", encoding="utf-16"),
+         r"reports.csv, line 1: the file is UTF-16 .* save it as UTF-8"),
+        (lambda path: path.write_text("image,report\ncase_a.png,left lung\ncase_b.png,épanchement\n", encoding="latin-1"),
+         r"reports.csv, line 3: byte 0xe9 is not UTF-8 .* save it as UTF-8"),
+    ],
+    ids=["extra-column", "utf-16", "latin-1"],
+)
+def test_predict_reports_errors_name_file_line_and_fix(model_dir, image_folder, tmp_path, capsys, write, message):
+    """Issue 8 item 3: a bad CSV is one clear line (file, line, what to do), never a traceback or a codec error."""
+    images, reports = image_folder
+    write(reports)
+    assert _run(model_dir, images, reports, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tmca-predict: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_predict_reads_a_folder_of_text_reports(model_dir, tmp_path):
+    """Issue 8 item 4: --reports takes a folder of <image>.txt reports, the layout of samples/qata_cov19/reports."""
+    samples = SAMPLES / "qata_cov19"
+    ids = ["covid_0060", "covid_0395", "covid_0878"]
+    for folder, suffix in (("images", ".png"), ("reports", ".txt")):
+        (tmp_path / folder).mkdir()
+        for id_ in ids:
+            (tmp_path / folder / f"{id_}{suffix}").symlink_to(samples / folder / f"{id_}{suffix}")
+    assert _run(model_dir, tmp_path / "images", tmp_path / "reports", tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    reports = {entry["file"]: entry["report"] for entry in summary["images"]}
+    assert reports == {f"{id_}.png": (samples / "reports" / f"{id_}.txt").read_text().strip() for id_ in ids}
+
+
+def test_predict_dataset_skip_invalid(model_dir, tmp_path, capsys):
+    """Issue 8 item 7: the flag the error suggests exists, and what it skips is said and recorded."""
+    root = _flat_dataset(tmp_path / "flat", ["covid_1", "covid_2", "covid_3"])
+    Image.fromarray(gradient(49, 56).astype(np.uint8)).save(root / "masks" / "covid_2.png")  # a gray picture
+    argv = ["--model", str(model_dir), "--dataset", str(root), "--split", "val", "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 invalid example(s)" in err and "--skip_invalid" in err and "Traceback" not in err
+    assert main([*argv, "--skip_invalid"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 invalid example(s) (--skip_invalid):\n  [validation] images/covid_2.png: mask is not binary" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [entry["file"] for entry in summary["images"]] == ["covid_3"] and summary["totals"]["skipped"] == 1
+    assert summary["skipped"][0].startswith("[validation] images/covid_2.png: mask is not binary")
 
 
 def test_read_image_formats(tmp_path):

@@ -19,10 +19,9 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoProcessor
-
 from .data import load_split, normalize_split_name, skipped_message
 from .imaging_tmca import binary_mask
+from .inference import load_model
 from .metrics import SegmentationMetrics
 
 
@@ -220,9 +219,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"tmca-evaluate: {skipped_message(skipped)}", file=sys.stderr)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    model, processor = load_model(args.model, device=args.device)
 
     results = [
         evaluate(
@@ -233,7 +230,6 @@ def _run(args: argparse.Namespace) -> None:
             threshold=args.threshold,
             text_mode=text_mode,
             seed=args.seed,
-            device=device,
         )
         for text_mode in args.text_modes
     ]

@@ -3,8 +3,9 @@
 
     python benchmarks/ablation_table.py OUT_DIR
 
-Each run's best epoch (by validation per-image Dice, as train.py selects) gives its per-image and pooled Dice and IoU on
-the full validation split at the model's resolution, read from the run's train_log.jsonl.
+Each run's numbers are its final evaluation (train.py's `eval_results.json`: the model selected by per-epoch validation
+Dice, re-measured in float32 on the full validation split at each image's original size with its own report, the
+protocol of the method notes), so every row is measured the same way.
 """
 
 import json
@@ -14,31 +15,31 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METRICS = ("dice_per_image", "dice_pooled", "iou_per_image", "iou_pooled")
+
+METRICS = ("dice_per_image", "dice_pooled", "iou_per_image", "iou_pooled", "hd95")
 
 
-def best_epoch(log: Path) -> dict:
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    return max(records, key=lambda record: record["dice_per_image"]) | {"epochs_run": len(records)}
+def report_evaluation(run: Path) -> dict:
+    results = json.loads((run / "eval_results.json").read_text())
+    evaluation = next(result for result in results["evaluation"] if result["text_mode"] == "report")
+    return {key: evaluation[key] for key in METRICS} | {"epoch": results["best"]["epoch"], "images": evaluation["num_images"]}
+
+
+def cell(values: list, scale: float) -> str:
+    mean = statistics.mean(scale * value for value in values)
+    return f"{mean:.2f} +- {statistics.stdev(scale * value for value in values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def main(folder: str):
     rows = defaultdict(list)
-    for log in sorted(Path(folder).glob("*/train_log.jsonl")):
-        name = log.parent.name
-        rows[re.sub(r"-seed\d+$", "", name)].append(best_epoch(log) | {"run": name})
-    print("| configuration | seeds | epochs | Dice per-image | Dice pooled | IoU per-image | IoU pooled | train images/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for results in sorted(Path(folder).glob("*/eval_results.json")):
+        rows[re.sub(r"-seed\d+$", "", results.parent.name)].append(report_evaluation(results.parent))
+    print("| configuration | seeds | images | Dice per-image | Dice pooled | IoU per-image | IoU pooled | HD95 (px) | best epochs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, runs in sorted(rows.items()):
-        cells = []
-        for key in METRICS:
-            values = [100 * run[key] for run in runs]
-            spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.2f}{spread}")
-        epochs = "/".join(str(run["epochs_run"]) for run in runs)
-        speed = statistics.mean(run["images_per_second"] for run in runs)
-        print(f"| {name} | {len(runs)} | {epochs} | {' | '.join(cells)} | {speed:.0f} |")
-    print(json.dumps({name: runs for name, runs in rows.items()}), file=sys.stderr)
+        cells = [cell([run[key] for run in runs], 1 if key == "hd95" else 100) for key in METRICS]
+        epochs = ", ".join(str(run["epoch"]) for run in runs)
+        print(f"| {name} | {len(runs)} | {runs[0]['images']} | {' | '.join(cells)} | {epochs} |")
 
 
 if __name__ == "__main__":

@@ -4,16 +4,14 @@
 #
 #   bash benchmarks/qata_ablation.sh DATASET TEXT_ENCODER OUT_DIR [EPOCHS]
 set -euo pipefail
-dataset=$1 text_encoder=$2 out=$3 epochs=${4:-25}
+dataset=$1 text_encoder=$2 out=$3 epochs=${4:-20}
 common=(--dataset "$dataset" --text_encoder "$text_encoder" --num_train_epochs "$epochs" --mixed_precision bf16
         --per_device_train_batch_size 32 --per_device_eval_batch_size 64 --preprocessing_num_workers 2
         --checkpointing_steps none --final_eval_text_modes report)
 declare -A rows=(
-    [baseline]="--alignment_levels none --no_target_enhancement"
-    [baseline-lang1]="--alignment_levels none --no_target_enhancement --cross_attention_init 1.0"
-    [tmca]="--alignment_weight 0.1"
-    [tmca-lang1]="--alignment_weight 0.1 --cross_attention_init 1.0"
-    [tmca-lang1-position]="--alignment_weight 0.1 --cross_attention_init 1.0 --alignment_position"
+    [baseline]="--alignment_levels none --no_target_enhancement --cross_attention_init 1.0"
+    [tmca]="--alignment_weight 0.1 --cross_attention_init 1.0"
+    [tmca-position]="--alignment_weight 0.1 --cross_attention_init 1.0 --alignment_position"
 )
 mkdir -p "$out"
 launch() {  # name, then train.py flags
@@ -26,5 +24,5 @@ for row in "${!rows[@]}"; do
         launch "$row-seed$seed" ${rows[$row]} --seed "$seed"
     done
 done
-launch release-tmca-lang1-position-textdrop --alignment_weight 0.1 --cross_attention_init 1.0 --alignment_position \
+launch release-tmca-position-textdrop --alignment_weight 0.1 --cross_attention_init 1.0 --alignment_position \
     --text_dropout 0.2 --seed 1 --final_eval_text_modes report shuffled empty

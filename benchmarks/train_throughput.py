@@ -34,6 +34,7 @@ def parse_args():
     parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
     parser.add_argument("--dataset", default=os.path.join(REPO_ROOT, "samples", "qata_cov19"))
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--text_encoder", default="all-minilm-l6-v2", help="As train.py's --text_encoder.")
     parser.add_argument("--batch_size", type=int, default=None, help="Default: 32 on a GPU, 8 on a CPU.")
     parser.add_argument("--steps", type=int, default=None, help="Timed steps per path; default 100 on a GPU, 4 on a CPU.")
     parser.add_argument("--warmup_steps", type=int, default=None, help="Untimed steps first; default 10 / 1.")
@@ -87,7 +88,7 @@ def main():
 
     def fresh_model():
         set_seed(0)
-        return from_pretrained_encoders(image_size=args.image_size, alignment_weight=0.1)
+        return from_pretrained_encoders(text_encoder=args.text_encoder, image_size=args.image_size, alignment_weight=0.1)
 
     # train.py's path.
     model, processor = fresh_model()

@@ -228,14 +228,20 @@ def dice_bce_loss(logits: torch.Tensor, targets: torch.Tensor, dice_weight=1.0, 
     return dice_weight * soft_dice_loss(logits, targets) + bce_weight * bce
 
 
-def multi_positive_info_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+MASKED_LOGIT = -1e4  # leaves a logit out exactly (its exp underflows to 0) without the NaN gradients of -inf
+
+
+def multi_positive_info_nce(logits: torch.Tensor, positives: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """
     InfoNCE where a row may have several positives: -log of the softmax mass on the row's positives, averaged over the
-    rows. logits, positives: (N, M). Same-report pairs are positives for each other, never negatives.
+    rows (or over `rows`, a (N,) bool mask, when given). logits, positives: (N, M). Same-report pairs are positives
+    for each other, never negatives.
     """
     log_probabilities = logits.log_softmax(dim=-1)
-    positive_mass = log_probabilities.masked_fill(~positives, float("-inf")).logsumexp(dim=-1)
-    return -positive_mass.mean()
+    positive_mass = log_probabilities.masked_fill(~positives, MASKED_LOGIT).logsumexp(dim=-1)
+    if rows is None:
+        return -positive_mass.mean()
+    return -positive_mass.where(rows, 0.0).sum() / rows.sum().clamp(min=1)
 
 
 def _masked_mean_embedding(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -256,26 +262,25 @@ def target_sensitive_contrastive_loss(
     TSSD contrast (method section 3). The report is compared with the lesion embedding v+ (mask-pooled pixels), not
     the whole image: symmetric multi-positive InfoNCE between {v+_i} and {u_j}, and in the report-to-image direction
     each report's own background v-_j is one more (hard) negative. Samples with an empty mask have no v+ and leave
-    these terms.
+    these terms. Left-out samples are masked, not indexed away, so the loss never waits for the device.
 
     pixel_embeddings (B, d, h, w), text_embeddings (B, d), masks (B, 1, h, w) soft in [0, 1], same_report (B, B) bool,
     included (B,) bool: samples that take part (a report is present).
     """
     included = included & (masks.sum((1, 2, 3)) > 0)
-    if not bool(included.any()):
-        return pixel_embeddings.sum() * 0.0
-    target = _masked_mean_embedding(pixel_embeddings, masks)[included]  # v+ (N, d)
-    background = _masked_mean_embedding(pixel_embeddings, 1 - masks)[included]  # v- (N, d)
-    has_background = (1 - masks).sum((1, 2, 3))[included] > 0
-    text = text_embeddings[included]  # u (N, d)
-    positives = same_report[included][:, included]  # (N, N)
-    similarity = logit_scale * target @ text.T  # (N, N): image i vs report j
-    image_to_text = multi_positive_info_nce(similarity, positives)
-    background_logit = logit_scale * (text * background).sum(-1, keepdim=True)  # (N, 1): report j vs its background
-    background_logit = background_logit.masked_fill(~has_background[:, None], float("-inf"))
+    target = _masked_mean_embedding(pixel_embeddings, masks)  # v+ (B, d)
+    background = _masked_mean_embedding(pixel_embeddings, 1 - masks)  # v- (B, d)
+    has_background = (1 - masks).sum((1, 2, 3)) > 0
+    pairs = included[:, None] & included[None, :]
+    positives = same_report & pairs  # (B, B)
+    similarity = (logit_scale * target @ text_embeddings.T).masked_fill(~pairs, MASKED_LOGIT)  # image i vs report j
+    image_to_text = multi_positive_info_nce(similarity, positives, rows=included)
+    background_logit = logit_scale * (text_embeddings * background).sum(-1, keepdim=True)  # (B, 1): report j vs its v-
+    background_logit = background_logit.masked_fill(~has_background[:, None], MASKED_LOGIT)
     text_to_image = multi_positive_info_nce(
         torch.cat([similarity.T, background_logit], dim=1),
         torch.cat([positives.T, torch.zeros_like(has_background)[:, None]], dim=1),
+        rows=included,
     )
     return (image_to_text + text_to_image) / 2
 
@@ -288,12 +293,14 @@ def global_contrastive_loss(
     logit_scale: torch.Tensor,
 ) -> torch.Tensor:
     """Plain global alignment (TSSD switched off): mean-pooled image vs report, symmetric multi-positive InfoNCE."""
-    if not bool(included.any()):
-        return pixel_embeddings.sum() * 0.0
-    image = F.normalize(pixel_embeddings.mean((2, 3)), dim=-1)[included]  # (N, d)
-    similarity = logit_scale * image @ text_embeddings[included].T  # (N, N)
-    positives = same_report[included][:, included]
-    return (multi_positive_info_nce(similarity, positives) + multi_positive_info_nce(similarity.T, positives.T)) / 2
+    image = F.normalize(pixel_embeddings.mean((2, 3)), dim=-1)  # (B, d)
+    pairs = included[:, None] & included[None, :]
+    positives = same_report & pairs
+    similarity = (logit_scale * image @ text_embeddings.T).masked_fill(~pairs, MASKED_LOGIT)  # (B, B)
+    return (
+        multi_positive_info_nce(similarity, positives, rows=included)
+        + multi_positive_info_nce(similarity.T, positives.T, rows=included)
+    ) / 2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -507,6 +514,8 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
     def _contrastive_loss(self, alignment: TmcaLevelAlignment, level_masks: torch.Tensor, text: TmcaText):
         """TSSD contrast at one level, or plain global contrast with `use_target_alignment=False`."""
         scale = self.alignment_levels[str(alignment.stride)].contrastive_scale()
+        if text.same_report is None:  # no report in the whole batch (text-free training): nothing to contrast
+            return alignment.pixel_embeddings.sum() * 0.0
         if self.config.use_target_alignment:
             return target_sensitive_contrastive_loss(
                 alignment.pixel_embeddings, alignment.text_embeddings, level_masks, text.same_report, text.has_report, scale

@@ -178,8 +178,9 @@ def _check_pair(image_bytes: bytes, mask_bytes: bytes, threshold: int):
         lesion = threshold_mask(mask, "mask", threshold)
     except ValueError as error:
         return None, str(error)
-    if mask.format == "PNG" and mask.mode == "L" and np.array_equal(np.asarray(mask), lesion.numpy() * np.uint8(255)):
-        return mask_bytes, None
+    counts = mask.histogram() if mask.format == "PNG" and mask.mode == "L" else []
+    if counts and counts[0] + counts[255] == mask.width * mask.height:
+        return mask_bytes, None  # already a 0/255 gray PNG: its bytes are kept as they are
     return _png_bytes(lesion), None
 
 

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
 from .data import load_split, normalize_split_name, skipped_message
 from .imaging_tmca import binary_mask
 from .inference import load_model

@@ -351,9 +351,11 @@ def binary_mask(mask, label: str) -> torch.Tensor:
     )
 
 
-def threshold_mask(mask, label: str = "mask", threshold: int = MASK_THRESHOLD) -> torch.Tensor:
-    """A mask file's values brought to the mask rule (steps 1-4 of the module docstring): an (H, W) bool tensor."""
-    values = mask_values(mask, label).double()
+def _levels_0_to_255(values: torch.Tensor, label: str) -> torch.Tensor:
+    """Step 1 of the mask-file rule: uint8 levels, a maximum of at most 1 times 255, above 255 times 255 / maximum."""
+    if values.dtype == torch.uint8:  # the common case (8-bit PNG/JPEG masks), kept in uint8
+        return values * 255 if values.numel() and int(values.max()) <= 1 else values
+    values = values.double()
     if not bool(torch.isfinite(values).all()):
         raise ValueError(f"{label} has NaN or infinite values; expected values near 0 and 255 (or 0/1)")
     peak = float(values.max()) if values.numel() else 0.0
@@ -361,7 +363,12 @@ def threshold_mask(mask, label: str = "mask", threshold: int = MASK_THRESHOLD) -
         values = values * 255.0
     elif peak > 255.0:
         values = values * (255.0 / peak)
-    levels = values.round().clamp(0, 255).to(torch.uint8)
+    return values.round().clamp(0, 255).to(torch.uint8)
+
+
+def threshold_mask(mask, label: str = "mask", threshold: int = MASK_THRESHOLD) -> torch.Tensor:
+    """A mask file's values brought to the mask rule (steps 1-4 of the module docstring): an (H, W) bool tensor."""
+    levels = _levels_0_to_255(mask_values(mask, label), label)
     counts = torch.bincount(levels.flatten(), minlength=256)
     gray_fraction = int(counts[GRAY_BAND[0] : GRAY_BAND[1] + 1].sum()) / max(levels.numel(), 1)
     if gray_fraction > MAX_GRAY_FRACTION:

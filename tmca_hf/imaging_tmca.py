@@ -2,8 +2,8 @@
 
 The image processor, the dataset readers (`tmca_hf.data`), `tmca-evaluate`, `tmca-predict` and the Space all go
 through this module, so one file reaches the model as one tensor whichever way it came in. It ships with every saved
-model (the image processor imports it), so it imports only torch, transformers' own dependencies (numpy, PIL) and,
-lazily, pydicom for DICOM files.
+model (the image processor imports it), so it imports only torch, numpy and PIL (what image processors need anyway)
+and, lazily, pydicom for DICOM files.
 
 Reading (`read_image`: a path, bytes or a PIL image):
 
@@ -19,8 +19,8 @@ Unit range (`to_unit_range`): uint8 / 255; bool as 0/1; floats already in [0, 1]
 integers: 16-bit PNG, DICOM; floats outside [0, 1]) by its own minimum and maximum (a flat image becomes 0).
 
 Masks: a mask's values are read by `mask_values` (palette masks by index, 1-bit as 0/1, colour masks by PIL's luma,
-arrays with equal colour channels by one channel). The rule the model and the metrics use is `binary_mask`: values
-exactly 0/1 or 0/255 (or bool). Mask *files* as datasets bring them (JPEG-compressed, 0/230, 16-bit 0/65535, 0/1
+arrays with equal colour channels by one channel). The rule the image processor and `tmca-evaluate` apply is
+`binary_mask`: values exactly 0/1 or 0/255 (or bool). Mask *files* as datasets bring them (JPEG-compressed, 0/230, 16-bit 0/65535, 0/1
 label masks) are brought to that rule by `threshold_mask`, which the dataset readers use:
 
 1. the values are put on the 0..255 scale: a mask whose maximum is at most 1 is multiplied by 255, one whose
@@ -296,12 +296,12 @@ def to_display_rgb(pixels: np.ndarray) -> np.ndarray:
 
 
 def _pil_mask_values(mask: Image.Image) -> np.ndarray:
-    if mask.mode in ("P", "PA"):
-        return np.asarray(mask.getchannel(0) if mask.mode == "PA" else mask)  # palette indices
+    if mask.mode == "P":
+        return np.asarray(mask)  # palette indices
+    if mask.mode in ("PA", "LA", "La"):
+        return np.asarray(mask.getchannel(0))  # palette indices or gray, alpha dropped
     if mask.mode == "1":
         return np.asarray(mask, dtype=np.uint8)
-    if mask.mode in ("LA", "La"):
-        return np.asarray(mask.getchannel(0))
     if mask.mode.startswith("I;16"):
         return np.asarray(mask).astype(np.uint16)
     if mask.mode in ("L", "I", "F"):

@@ -371,6 +371,11 @@ def test_predict_reads_a_folder_of_text_reports(model_dir, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     reports = {entry["file"]: entry["report"] for entry in summary["images"]}
     assert reports == {f"{id_}.png": (samples / "reports" / f"{id_}.txt").read_text().strip() for id_ in ids}
+    for id_ in ids:  # reports beside their images: a.txt names a.png, not itself
+        (tmp_path / "images" / f"{id_}.txt").symlink_to(samples / "reports" / f"{id_}.txt")
+    assert _run(model_dir, tmp_path / "images", tmp_path / "images", tmp_path / "beside") == 0
+    summary = json.loads((tmp_path / "beside" / "summary.json").read_text())
+    assert {entry["file"]: entry["report"] for entry in summary["images"]} == reports
 
 
 def test_predict_dataset_skip_invalid(model_dir, tmp_path, capsys):

@@ -15,9 +15,10 @@ Reports (one report per image under `--images`), UTF-8:
   relative to that folder, without `.txt`, names its image.
 
 Images are every file under `--images` (subfolders included, hidden ones left out), named by their path relative to
-it. A report names its image by that relative path (`left/a.png`), by the path without its extension (`left/a`), or
-by a file name or stem found once in the tree (`a.png`, `a`; for a path whose folder is not there, at the top of the
-folder); a name that fits several images, or two reports that name one image, are refused. Every image with a supported extension (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM
+it. A report names its image by that relative path (`left/a.png`), by the path without its image extension
+(`left/a`), or by a file name, with or without its image extension, found once in the tree (`a.png`, `a`; for a path
+whose folder is not there, at the top of the folder); a name that fits several images, or two reports that name one
+image, are refused. Every image with a supported extension (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM
 .dcm/.dicom) needs a report, and every report needs its image; files named by a report are read whatever their
 extension (DICOM without one). An empty report means text-free inference, allowed only for models that support it
 (`config.supports_text_free_inference`). `--dataset` reads any layout `tmca_hf.data.load_tmca_dataset` reads (LViT,
@@ -206,17 +207,17 @@ def _without_image_suffix(name: str) -> str:
 
 
 def _candidates(key: str, files: dict) -> list:
-    """The images a report key can name: by relative path, by relative path without extension, by file name, by
-    file stem; the first of these ways that finds any image decides. A key with a folder part that is not there
+    """The images a report key can name: by relative path, by relative path without its image extension, by file
+    name, by file name without its image extension; the first of these ways that finds any image decides. A key with a folder part that is not there
     falls back to the file names at the top of the folder (a path written from elsewhere: data/images/a.png)."""
     key = key.replace("\\", "/").removeprefix("./")
     base = key.rsplit("/", 1)[-1]
     fallback = [name for name in files if "/" not in name] if "/" in key else list(files)
     ways = (
         (files, lambda name: name == key),
-        (files, lambda name: os.path.splitext(name)[0] == key),
+        (files, lambda name: _without_image_suffix(name) == key),
         (fallback, lambda name: name.rsplit("/", 1)[-1] == base),
-        (fallback, lambda name: os.path.splitext(name.rsplit("/", 1)[-1])[0] == base),
+        (fallback, lambda name: _without_image_suffix(name.rsplit("/", 1)[-1]) == base),
     )
     for pool, matches in ways:
         found = [name for name in pool if matches(name)]

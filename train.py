@@ -35,6 +35,7 @@ from tmca_hf.data import load_tmca_dataset, normalize_split_name
 from tmca_hf.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER, from_pretrained_encoders
 from tmca_hf.evaluation import evaluate, format_table
 from tmca_hf.hub import push_folder_to_hub
+from tmca_hf.inference import RELEASED_MODEL
 from tmca_hf.metrics import SegmentationMetrics
 from tmca_hf.model_card import write_model_card
 from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit
@@ -482,6 +483,9 @@ def finish(args, output_dir: Path, processor, eval_set, best: dict, device):
     print(f"\nSaved the model to {output_dir} (resumable checkpoints: {args.checkpoint_dir})\n"
           f"Serve it:  python space/app.py --model {output_dir}\n"
           f"Evaluate:  tmca-evaluate --model {output_dir} --dataset {args.dataset} --split {args.eval_split}")
+    if Path(args.dataset) == DEFAULT_DATASET:
+        print(f"This sample model shows the pipeline. The trained release is {RELEASED_MODEL.relative_to(REPO_ROOT)}: "
+              f"python space/app.py serves it; its model card has the GPU training command.")
     if args.push_to_hub:
         print(f"Pushed to {push_folder_to_hub(output_dir, args.hub_model_id, private=args.hub_private)}")
 

@@ -18,6 +18,9 @@ from transformers import AutoModel, AutoProcessor
 from tmca_hf.imaging_tmca import ImageReadError, read_image, to_display_rgb  # noqa: F401
 
 
+# The trained model this repository releases (present in a clone of it; the default of tmca-predict and the Space).
+RELEASED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tmca-qata-cov19"
+
 # A report is tokenised only this many characters per model token when counting what is cut (long reports are cheap).
 _CHARS_PER_TOKEN_CHECKED = 64
 
@@ -70,7 +73,10 @@ def check_report(report: Optional[str], processor, supports_text_free_inference:
                 "The report is empty, and this model needs one: it was trained without text dropout. Describe the "
                 "findings (e.g. 'bilateral pulmonary infection, two infected areas, middle lower left lung')."
             )
-        return CheckedReport(None, ["No report given: text-free prediction (the model's learned null text)."])
+        return CheckedReport(None, [
+            "No report given: text-free prediction (the model's learned null text); the mask is less reliable than "
+            "one guided by the report."
+        ])
     tokenizer = processor.tokenizer
     max_tokens = int(processor.max_text_length)
     checked = report[: _CHARS_PER_TOKEN_CHECKED * max_tokens]

@@ -44,7 +44,8 @@ def _eval_results(results: list, dataset_name: str, split: str) -> list:
     ]
 
 
-def write_model_card(path, template, results: list, training_args: dict) -> Path:
+def write_model_card(path, template, results: list, training_args: dict,
+                     measured_by: str = "the training run that wrote this folder") -> Path:
     """Fill the template's results block and `model-index` with `results`, and save the card at `path`."""
     card = ModelCard(Path(template).read_text())
     dataset_name = Path(str(training_args["dataset"])).name or str(training_args["dataset"])
@@ -55,7 +56,7 @@ def write_model_card(path, template, results: list, training_args: dict) -> Path
         if key in ("dataset", "num_train_epochs", "image_size", "per_device_train_batch_size", "learning_rate", "seed")
     )
     block = (
-        f"{RESULTS_START}\nMeasured by the training run that wrote this folder, on `{dataset_name}` "
+        f"{RESULTS_START}\nMeasured by {measured_by}, on `{dataset_name}` "
         f"({training_args.get('eval_split', 'validation')} split, each image at its original size, threshold 0.5):\n\n"
         f"{results_table(results)}\n\nTraining arguments (excerpt; all of them are in `training_args.json`): "
         f"`{arguments}`\n{RESULTS_END}"

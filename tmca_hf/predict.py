@@ -51,7 +51,7 @@ from typing import Optional, Union
 from tqdm.auto import tqdm
 
 from .imaging_tmca import IMAGE_SUFFIXES, ImageReadError, read_image
-from .inference import ReportError, check_report, check_threshold, load_model, mask_to_image, predict
+from .inference import RELEASED_MODEL, ReportError, check_report, check_threshold, load_model, mask_to_image, predict
 
 
 IMAGE_COLUMNS = ("image", "file", "filename", "img_name")
@@ -455,7 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON {file: report} or [{image:, report:}, ...], or a folder of <image>.txt files. An empty report asks for "
         "text-free inference.",
     )
-    parser.add_argument("--model", required=True, help="a save_pretrained folder or a Hub id of a TMCA model")
+    released = RELEASED_MODEL.is_dir()
+    parser.add_argument(
+        "--model", required=not released, default=str(RELEASED_MODEL) if released else None,
+        help="a save_pretrained folder or a Hub id of a TMCA model"
+        + (f" (default: the released {RELEASED_MODEL.name})" if released else ""),
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images (PNG, JPEG, 16-bit PNG, TIFF, DICOM, ...)")
     source.add_argument("--dataset", help="dataset folder (LViT, flat, medvlsm, saved, parquet) or Hub dataset id")

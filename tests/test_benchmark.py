@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,12 @@ def one_thread():
 
 def test_time_forwards_runs_round_robin_after_warmup(benchmark):
     calls = []
-    forwards = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    forwards = {"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), time.sleep(0.02))}
     seconds = benchmark.time_forwards(forwards, repeats=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert {name: len(values) for name, values in seconds.items()} == {"a": 3, "b": 3}
-    assert all(value >= 0 for values in seconds.values() for value in values)
+    assert all(0.02 <= value < 1.0 for value in seconds["b"]), seconds["b"]  # the sleep is timed, in seconds
+    assert all(value < 0.02 for value in seconds["a"]), seconds["a"]
 
 
 def test_count_flops_of_linear_and_cpu_attention(benchmark):

@@ -1,5 +1,6 @@
 """The Hub-ready folder: one save_pretrained folder that rebuilds the model anywhere, with or without tmca_hf."""
 
+import ast
 import json
 import os
 import subprocess
@@ -56,12 +57,23 @@ def test_folder_holds_config_code_weights_processor_and_tokenizer(tmp_path):
 
 
 def test_remote_code_files_import_only_torch_and_transformers():
+    """Every import, indented ones too: only the standard library, torch, transformers, PIL and numpy (which both
+    need), each other, and pydicom lazily inside a function (DICOM support is optional)."""
+    allowed = {"torch", "transformers", "PIL", "numpy"} | set(sys.stdlib_module_names)
     package = os.path.dirname(sys.modules["tmca_hf"].__file__)
-    for name in REMOTE_CODE_FILES:
-        source = open(os.path.join(package, name)).read()
-        imports = [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
-        outside = [module for module in imports if module.split(".")[0] not in {"torch", "transformers", "math", "dataclasses", "os", ""}]
-        assert not outside, f"{name} imports {outside}"
+    for name in REMOTE_CODE_FILES | {"imaging_tmca.py"}:
+        tree = ast.parse(open(os.path.join(package, name)).read())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [] if node.level else [node.module]
+            else:
+                continue
+            for module in modules:
+                lazy_optional = module.split(".")[0] == "pydicom" and id(node) not in top_level
+                assert module.split(".")[0] in allowed or lazy_optional, f"{name}:{node.lineno} imports {module}"
 
 
 def test_auto_classes_without_remote_code_when_package_installed(tmp_path):

@@ -203,7 +203,13 @@ def test_text_free_inference_with_text_dropout_and_refusal_without():
     batch = make_batch()
     images = batch["pixel_values"]
     trained_with_dropout = build(text_dropout=0.3).eval()
-    assert trained_with_dropout(pixel_values=images).logits.shape == (4, 1, SIZE, SIZE)
+    text_free = trained_with_dropout(pixel_values=images).logits
+    assert text_free.shape == (4, 1, SIZE, SIZE) and text_free.isfinite().all()
+    with_report = trained_with_dropout(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert not torch.allclose(text_free, with_report), "the report must change the text-free prediction"
+    with torch.no_grad():  # the learned null text is what guides a text-free prediction
+        trained_with_dropout.null_text.add_(1.0)
+    assert not torch.allclose(trained_with_dropout(pixel_values=images).logits, text_free)
     no_dropout = build().eval()
     with pytest.raises(ValueError, match="needs a report"):
         no_dropout(pixel_values=images)
@@ -256,6 +262,34 @@ def test_encoder_alignment_source_aligns_skip_features():
     assert [a.shape[-1] for a in output.alignment_maps] == [SIZE // s for s in (16, 8, 4)]
     output.loss.backward()
     assert model.alignment_levels["4"].pixel_projection.in_channels == 8
+    assert model.alignment_levels["4"].pixel_projection.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # LTE on the stride-4 skip feature reaches the logits through the decoder
+        before = model(**make_batch()).logits
+        model.target_enhancements["4"].gamma.fill_(5.0)
+        assert not torch.allclose(model(**make_batch()).logits, before)
+
+
+def test_unknown_forward_arguments_are_errors():
+    model = build()
+    batch = make_batch()
+    with pytest.raises(TypeError, match="label"):
+        model(**{k: v for k, v in batch.items() if k != "labels"}, label=batch["labels"])
+
+
+def test_level_and_pixel_weights_enter_the_loss_as_the_formula_says():
+    """L = seg + alignment_weight * (sum_s w_s C_s + pixel_alignment_weight * sum_s w_s P_s), from one-level runs."""
+    batch = make_batch()
+
+    def terms(**overrides):
+        with torch.no_grad():
+            return build(**overrides).eval()(**batch)
+
+    only_16, only_4 = terms(alignment_level_weights=[1, 0, 0]), terms(alignment_level_weights=[0, 0, 1])
+    mixed = terms(alignment_level_weights=[2, 0, 0.5], pixel_alignment_weight=3.0, alignment_weight=0.25)
+    torch.testing.assert_close(mixed.contrastive_loss, 2 * only_16.contrastive_loss + 0.5 * only_4.contrastive_loss)
+    torch.testing.assert_close(mixed.pixel_alignment_loss, 2 * only_16.pixel_alignment_loss + 0.5 * only_4.pixel_alignment_loss)
+    torch.testing.assert_close(mixed.alignment_loss, mixed.contrastive_loss + 3.0 * mixed.pixel_alignment_loss)
+    torch.testing.assert_close(mixed.loss, mixed.segmentation_loss + 0.25 * mixed.alignment_loss)
 
 
 def test_loss_on_a_multi_label_model_is_refused_clearly():

@@ -118,3 +118,12 @@ def test_absent_report_is_refused_by_a_model_that_needs_one(processor):
     model = TmcaForImageSegmentation(tiny_config()).eval()
     with pytest.raises(ValueError, match="needs a report"):
         model(**processor(images=gray(), text=None))
+
+
+def test_keyword_overrides_merge_over_the_processor_defaults(processor):
+    image, reports = Image.new("L", (64, 64)), ["left lung", "bilateral pulmonary infection, two infected areas"]
+    default = processor(images=[image, image], text=reports)["input_ids"]
+    assert default.shape[1] == processor.max_text_length
+    assert processor(images=[image, image], text=reports, padding="longest")["input_ids"].shape[1] < default.shape[1]
+    assert processor(images=[image, image], text=reports, max_length=5)["input_ids"].shape[1] == 5
+    assert processor(images=[image, image], text=reports, text_kwargs={"max_length": 6})["input_ids"].shape[1] == 6

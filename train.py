@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path

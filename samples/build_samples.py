@@ -55,7 +55,7 @@ def build_kvasir(source: Path, target: Path) -> None:
     for split, count in KVASIR_COUNTS.items():
         records = json.loads((source / "anns" / f"{split}.json").read_text())
         records = {record["img_name"]: record for record in records}
-        names = pick(sorted(records), lambda name: records[name]["prompts"]["p6"], count)
+        names = pick(sorted(records), lambda name, records=records: records[name]["prompts"]["p6"], count)
         for name in names:
             shutil.copyfile(source / "images" / name, target / "images" / name)
             mask_name = records[name]["mask_name"]

@@ -45,7 +45,9 @@ def test_count_flops_of_linear_and_cpu_attention(benchmark):
         assert benchmark.count_flops(lambda: linear(inputs)) == 2 * 4 * 16 * 8
         # Attention of 5 queries over 7 keys, 2 heads of 3 dims: QK^T and AV, 2 * 5 * 7 * 3 multiply-adds per head.
         query, key, value = torch.randn(1, 2, 5, 3), torch.randn(1, 2, 7, 3), torch.randn(1, 2, 7, 3)
-        attention = lambda: torch.nn.functional.scaled_dot_product_attention(query, key, value)
+        def attention():
+            return torch.nn.functional.scaled_dot_product_attention(query, key, value)
+
         assert benchmark.count_flops(attention) == 2 * (2 * 2 * 5 * 7 * 3)
 
 
@@ -107,7 +109,7 @@ def test_tiny_quick_run_prints_every_row_with_ratios_from_the_same_run(benchmark
         [f"| {model}", str(batch)] for batch in (1, 2) for model in ("TMCA", "Baseline", "CLIPSeg")
     ]
     rows = {(row["model"], row["batch_size"]): row for row in result["rows"]}
-    for (model, batch), row in rows.items():
+    for (_, batch), row in rows.items():
         reference = rows["TMCA", batch]
         assert row["latency_ratio"] == pytest.approx(row["latency_median_ms"] / reference["latency_median_ms"])
         assert row["flops_ratio"] == pytest.approx(row["flops"] / reference["flops"])

@@ -7,12 +7,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config, tiny_processor
 from PIL import Image
 
-from conftest import tiny_config, tiny_processor
-from tmca_hf import TmcaForImageSegmentation
+from tmca_hf import TmcaForImageSegmentation, evaluation
 from tmca_hf.data import FEATURES
-from tmca_hf import evaluation
 from tmca_hf.evaluation import TEXT_MODES, derangement, evaluate
 
 

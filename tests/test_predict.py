@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, save_tiny_model
 from PIL import Image
 
-from conftest import REPO_ROOT, save_tiny_model
 from tmca_hf.inference import ImageReadError, read_image
 from tmca_hf.predict import main
 

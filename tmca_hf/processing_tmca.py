@@ -1,6 +1,6 @@
 """Processor for TMCA: the image processor and the report tokenizer behind one call."""
 
-from transformers import BatchFeature, ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin, __version__
 from transformers.processing_utils import ProcessingKwargs
 
 
@@ -22,8 +22,9 @@ class TmcaProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
+    if int(__version__.split(".")[0]) < 5:  # v4 finds the image processor by this name; v5 by its registration
+        image_processor_class = "AutoImageProcessor"
 
     def __init__(self, image_processor=None, tokenizer=None, max_text_length: int = 24, **kwargs):
         self.max_text_length = max_text_length

@@ -1,304 +1,345 @@
-"""Gradio Space for TMCA: an image plus the clinician's report in, the lesion mask out.
+"""Gradio Space for TMCA: a medical image plus the clinician's report in, the lesion mask out.
 
-The app loads the model with `AutoModel` / `AutoProcessor` and `trust_remote_code=True`, from a Hub id or a local
-`save_pretrained` folder: `--model`, else the `TMCA_MODEL` environment variable, else `outputs/tmca-qata-sample` in the
-repository (where the README's training command writes its model). It does not need the `tmca_hf` package: image
-decoding, report checks and prediction come from `tmca_inference.py`, a symlink to `tmca_hf/inference.py`.
+    python space/app.py [--model PATH_OR_HUB_ID] [--samples FOLDER] [--host 127.0.0.1] [--port 7860] [--share]
 
-    python space/app.py [--model PATH_OR_HUB_ID] [--host 127.0.0.1] [--port 7860] [--share]
+The model loads once, with `AutoModel` / `AutoProcessor` and `trust_remote_code=True`, from `--model`, else the
+`TMCA_MODEL` environment variable, else the release model `models/tmca-qata-cov19` when it exists, else
+`outputs/tmca-qata-sample` (where the README's main job writes). The app runs on the installed `tmca-hf` package
+(`space/requirements.txt`): `tmca_hf.imaging_tmca` (the module every model folder ships) reads the images,
+`tmca_hf.inference` checks reports and predicts, `tmca_hf.data` reads the example datasets.
 """
 
 import argparse
+import functools
 import json
 import logging
 import os
-import sys
+import re
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
+from typing import NamedTuple, Optional, Union
 
 # Offline and quiet before gradio / transformers are imported (they read these at import time).
-for _name, _value in {
-    "GRADIO_ANALYTICS_ENABLED": "False",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
+for _name, _value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
+                      "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                      "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_name, _value)
 
-APP_DIR = Path(__file__).resolve().parent
-REPO_ROOT = APP_DIR.parent
-DEFAULT_MODEL = REPO_ROOT / "outputs" / "tmca-qata-sample"
-sys.path.insert(0, str(APP_DIR))
-
+import datasets  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from huggingface_hub import ModelCard, hf_hub_download  # noqa: E402
+from PIL import Image, ImageChops, ImageFilter  # noqa: E402
 
-from tmca_inference import (  # noqa: E402
-    ImageReadError,
-    ReportError,
-    check_model_location,
-    check_report,
-    check_threshold,
-    load_model,
-    mask_to_image,
-    predict,
-    read_image,
-    to_display_rgb,
-)
+from tmca_hf.data import load_tmca_dataset  # noqa: E402
+from tmca_hf.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_display_rgb  # noqa: E402
+from tmca_hf.inference import ReportError, check_report, check_threshold, load_model, mask_to_image, predict  # noqa: E402
+from tmca_hf.metrics import SegmentationMetrics  # noqa: E402
 
 
 logger = logging.getLogger("tmca.space")
 
-MAX_FILE_SIZE = "100mb"  # upload limit; the pixel limit (tmca_inference.MAX_IMAGE_PIXELS) applies after upload
-CONCURRENCY_LIMIT = 2  # requests decoded and rendered at once; the model itself runs one batch at a time
-QUEUE_SIZE = 64
-DISPLAY_SIDE = 1024  # overlay and heatmaps are drawn at most this large; the mask file keeps the original size
-MASK_FILE_MAX_AGE_S = 3600
-LESION_COLOR = "#ff2d55"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = (REPO_ROOT / "models" / "tmca-qata-cov19", REPO_ROOT / "outputs" / "tmca-qata-sample")
+QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full
+DISPLAY_SIDE = 1024  # the overlay and heatmaps are drawn at most this large; the mask file keeps the original size
+THUMBNAIL_SIDE = 256
+PREDICTION_COLOUR, TRUTH_COLOUR = (255, 45, 85), (40, 220, 90)
 # Perceptually ordered colours (inferno-like) for the alignment heatmaps: dark = the report does not point here.
-HEATMAP_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
+HEATMAP_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NUL and friends; tab and newlines are kept
+HOW_TO_GET_A_MODEL = (
+    "Train one with the README's main job (`accelerate launch train.py`, it writes `outputs/tmca-qata-sample`), or "
+    "point the app to a model folder or Hub id: `python space/app.py --model PATH_OR_HUB_ID` (or `TMCA_MODEL=...`)."
+)
 
 
 # ------------------------------------------------------------------------------------------------------ model
 
 
-@dataclass
-class _LoadedModel:
+@dataclass(frozen=True)
+class LoadedModel:
+    """The model, its processor, and what its folder says about it (model card, eval_results.json)."""
+
     name: str
     model: object
     processor: object
-    lock: threading.Lock  # the tokenizer and the CPU cores are shared: one batch at a time
+    trained_on: tuple  # dataset names, e.g. ("QaTa-COV19", "qata_cov19")
+    validation_dice: Optional[str]  # e.g. "74.59 % (per image, 1,429 validation images)"
 
     @property
-    def supports_text_free_inference(self) -> bool:
+    def text_free(self) -> bool:
         return bool(getattr(self.model.config, "supports_text_free_inference", False))
 
 
-_loaded: Optional[_LoadedModel] = None
-_load_problem: Optional[str] = None
+MODEL: Union[LoadedModel, str, None] = None  # the loaded model, or why there is none; set once by `load`
 
 
-def resolve_model(name: Optional[str] = None) -> str:
-    """`--model`, else `TMCA_MODEL`, else the repository's `outputs/tmca-qata-sample`."""
-    return str(name or os.environ.get("TMCA_MODEL") or DEFAULT_MODEL)
+def default_model() -> str:
+    return os.environ.get("TMCA_MODEL") or str(next((p for p in DEFAULT_MODELS if p.is_dir()), DEFAULT_MODELS[-1]))
 
 
-HOW_TO_GET_A_MODEL = (
-    "Train one with the README's main job, `accelerate launch train.py` in the repository root (it writes "
-    "`outputs/tmca-qata-sample`), or point the app to a model folder or Hub id: "
-    "`TMCA_MODEL=PATH_OR_HUB_ID python space/app.py` or `python space/app.py --model PATH_OR_HUB_ID`."
-)
+def _model_file(name: str, filename: str) -> Optional[Path]:
+    """A file of the model folder or Hub repository, None when it has none (or the Hub cannot be reached)."""
+    if Path(name).expanduser().is_dir():
+        path = Path(name).expanduser() / filename
+        return path if path.is_file() else None
+    try:
+        return Path(hf_hub_download(name, filename))
+    except Exception:  # no such file, no network, not a Hub id: the fact is simply unknown
+        return None
+
+
+def model_facts(name: str) -> tuple:
+    """(training dataset names, validation Dice in words or None) from the model card, eval_results.json and
+    training_args.json, the files `train.py` writes beside the weights."""
+    trained_on, dice = [], None
+    if (readme := _model_file(name, "README.md")) is not None:
+        card = ModelCard.load(readme).data
+        trained_on += [card.datasets] if isinstance(card.datasets, str) else list(card.datasets or [])
+        for result in card.eval_results or []:
+            trained_on.append(result.dataset_name)
+            if result.metric_type == "dice_per_image" and dice is None:
+                dice = f"{result.metric_value:.2f} % (per image, {result.dataset_split} split)"
+    if (path := _model_file(name, "training_args.json")) is not None:
+        trained_on.append(Path(str(json.loads(path.read_text()).get("dataset", ""))).name)
+    if (path := _model_file(name, "eval_results.json")) is not None:
+        for result in json.loads(path.read_text()).get("evaluation", []):
+            if result.get("text_mode") == "report" and result.get("dice_per_image") is not None:
+                dice = f"{100 * result['dice_per_image']:.2f} % (per image, {result['num_images']:,} validation images)"
+    return tuple(dict.fromkeys(n for n in trained_on if n)), dice
 
 
 def load(name: Optional[str] = None) -> Optional[str]:
-    """Load the model once (again only when `name` changes). Returns None, or what is wrong, in words."""
-    global _loaded, _load_problem
-    name = resolve_model(name)
-    if _loaded is not None and _loaded.name == name:
+    """Load the model (once per name) into `MODEL`. Returns None, or what is wrong, in words."""
+    global MODEL
+    name = name or default_model()
+    if isinstance(MODEL, LoadedModel) and MODEL.name == name:
         return None
-    _loaded, _load_problem = None, None
-    try:
-        check_model_location(name)
-    except FileNotFoundError as error:
-        _load_problem = f"{error} {HOW_TO_GET_A_MODEL}"
-        return _load_problem
     try:
         model, processor = load_model(name)
-        # One throw-away prediction: the first forward pass is several times slower than the next ones.
-        predict(model, processor, [np.zeros((64, 64), np.uint8)], ["warm-up"], 0.5)
-        _loaded = _LoadedModel(name, model, processor, threading.Lock())
-    except Exception as error:  # a Hub id that does not exist, no network, a folder that is not TMCA, ...
+        predict(model, processor, [np.zeros((64, 64), np.uint8)], ["warm-up"], 0.5)  # the first pass is slow
+    except Exception as error:  # a missing folder, a Hub id that does not exist, no network, not a TMCA model
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = "is a local folder but" if Path(name).expanduser().is_dir() else "is no local folder, and as a Hub id it"
-        _load_problem = f"{name} {where} could not be loaded ({reason}). {HOW_TO_GET_A_MODEL}"
-    return _load_problem
+        MODEL = f"{name} could not be loaded: {reason} {HOW_TO_GET_A_MODEL}"
+        return MODEL
+    try:
+        facts = model_facts(name)
+    except (OSError, ValueError, TypeError, AttributeError) as error:  # a card or JSON file that does not parse
+        logger.warning("%s: cannot read what the model folder says about the model (%s)", name, error)
+        facts = ((), None)
+    MODEL = LoadedModel(name, model, processor, *facts)
+    return None
 
 
-def _require_model() -> _LoadedModel:
-    if _loaded is None:
-        raise gr.Error(_load_problem or f"No model loaded. {HOW_TO_GET_A_MODEL}", print_exception=False)
-    return _loaded
+def _model() -> LoadedModel:
+    if not isinstance(MODEL, LoadedModel):
+        raise gr.Error(MODEL or f"No model loaded. {HOW_TO_GET_A_MODEL}", print_exception=False)
+    return MODEL
+
+
+def describe(loaded: Union[LoadedModel, str, None]) -> str:
+    if not isinstance(loaded, LoadedModel):
+        return f"> **No model loaded.** {loaded or HOW_TO_GET_A_MODEL}"
+    return (f"**Model:** `{Path(loaded.name).name}` · **trained on:** {', '.join(loaded.trained_on) or 'not stated'}"
+            f" · **validation Dice:** {loaded.validation_dice or 'not stated in the model folder'}")
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
 
 
-def _display_size(height: int, width: int) -> tuple:
-    scale = min(1.0, DISPLAY_SIDE / max(height, width))
-    return max(1, round(width * scale)), max(1, round(height * scale))  # PIL order: (width, height)
+def _display(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> Image.Image:
+    height, width = pixels.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    return Image.fromarray(to_display_rgb(pixels)).resize((max(1, round(width * scale)), max(1, round(height * scale))))
 
 
-def _heatmap(alignment_map: np.ndarray, background: np.ndarray) -> np.ndarray:
+def _draw(picture: Image.Image, masks: list, style: str, opacity: float) -> Image.Image:
+    """(mask, colour) pairs over a picture, as a contour or filled, at `opacity`; the first mask, the ground
+    truth, always as a contour."""
+    for index, (mask, colour) in enumerate(masks):
+        region = Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).resize(picture.size, Image.NEAREST)
+        if style == "contour" or (index == 0 and len(masks) > 1):
+            region = ImageChops.subtract(region.filter(ImageFilter.MaxFilter(5)), region.filter(ImageFilter.MinFilter(3)))
+        alpha = region.point(lambda value: round(value * float(opacity)))
+        picture = Image.composite(Image.new("RGB", picture.size, colour), picture, alpha)
+    return picture
+
+
+def _heatmap(alignment_map: np.ndarray, background: Image.Image) -> Image.Image:
     """An alignment map in [0, 1] coloured and laid over the (display-size) image."""
-    height, width = background.shape[:2]
-    values = np.asarray(Image.fromarray(alignment_map.astype(np.float32)).resize((width, height), Image.BILINEAR))
+    values = np.asarray(Image.fromarray(alignment_map.astype(np.float32)).resize(background.size, Image.BILINEAR))
     positions = np.clip(values, 0.0, 1.0) * (len(HEATMAP_ANCHORS) - 1)
     grid = np.arange(len(HEATMAP_ANCHORS))
     colours = np.stack([np.interp(positions, grid, HEATMAP_ANCHORS[:, c]) for c in range(3)], axis=-1)
-    return (0.45 * background + 0.55 * colours).round().astype(np.uint8)
+    return Image.fromarray((0.45 * np.asarray(background) + 0.55 * colours).round().astype(np.uint8))
 
 
-def _prune_old_masks(folder: Path) -> None:
-    cutoff = time.time() - MASK_FILE_MAX_AGE_S
-    for path in folder.glob("*/*.png"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                path.parent.rmdir()
-        except OSError:
-            pass
+def _request_folder() -> Path:
+    """A new folder inside gradio's cache for one request's files: served as they are (gradio copies nothing), never
+    rewritten by another request, and deleted by `delete_cache` like gradio's own files."""
+    folder = Path(get_upload_folder()) / f"tmca-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    return folder
 
 
-def _save_mask(mask: np.ndarray, stem: str) -> str:
-    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "tmca-masks"
-    _prune_old_masks(folder)
-    path = folder / uuid.uuid4().hex / f"{stem}_mask.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mask_to_image(mask).save(path)
+def _saved(image: Image.Image, path: Path) -> str:
+    image.save(path)
     return str(path)
 
 
-# ---------------------------------------------------------------------------------------------------- segment
+# ---------------------------------------------------------------------------------------------------- actions
 
 
-def segment(image_path, report, threshold=0.5):
+def _user_errors(function):
+    """Every refusal reaches the user as one line (`gr.Error`); a bug also leaves its traceback in the server log."""
+
+    @functools.wraps(function)
+    def wrapper(image_path, *args):
+        if not image_path:
+            raise gr.Error("Upload an image first (PNG, JPEG, 16-bit PNG, TIFF or DICOM).", print_exception=False)
+        name = Path(image_path).name
+        try:
+            return function(image_path, *args)
+        except gr.Error:
+            raise
+        except (ImageReadError, ReportError, ValueError, TypeError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except MemoryError:
+            raise gr.Error(f"{name} is too large for this machine's memory; downscale it.", print_exception=False) from None
+        except Exception as error:
+            logger.exception("failed on %s", name)
+            raise gr.Error(f"Failed on {name} ({type(error).__name__}: {error}).", print_exception=False) from None
+
+    return wrapper
+
+
+def _truth(ground_truth, shape: tuple, notes: list) -> Optional[np.ndarray]:
+    """The ground-truth mask (mask files as datasets bring them, `threshold_mask`), None when absent or mis-sized."""
+    if ground_truth is None:
+        return None
+    truth = threshold_mask(ground_truth, "the ground-truth mask").numpy()
+    if truth.shape != shape:
+        notes.append(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} pixels but the image is "
+                     f"{shape[1]}x{shape[0]}: no Dice.")
+        return None
+    return truth
+
+
+@_user_errors
+def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour", opacity=0.5):
     """
     Segment one image guided by its report.
 
     Args:
-        image_path: path to the uploaded file (PNG, JPEG, 16-bit PNG, TIFF, DICOM, ...), as `gr.File` passes it.
+        image_path: the uploaded file (PNG, JPEG, 16-bit PNG, TIFF, DICOM, ...), as `gr.File` passes it.
         report: the clinician's report; empty for text-free inference when the model supports it.
         threshold: probability above which a pixel is lesion.
+        ground_truth: optional ground-truth mask (PIL image) of the same size: the Dice of the prediction is given.
+        style, opacity: how the overlay draws the lesion: "contour" or "filled", opacity in [0, 1].
 
     Returns:
-        `(overlay, mask_file, alignment_gallery, lesion_pixels, lesion_percent, latency_ms, notes)`: the
-        `gr.AnnotatedImage` value (image, [(mask, "lesion")]), the path of the binary mask PNG (original size, 0/255),
-        a list of (heatmap, caption), the lesion area in pixels and in % of the image, the prediction latency measured
-        around preprocessing + model + post-processing, and Markdown notes.
-
-    Raises:
-        gr.Error: with a message for the user, for every input the app refuses (and when no model is loaded).
+        `(overlay, mask_file, alignment_maps, dice, lesion_pixels, lesion_percent, latency_ms, notes)`: paths of the
+        overlay PNG and of the binary mask PNG (original size, 0/255), a list of (heatmap path, caption), the numbers
+        as text ("" for a Dice without ground truth), and Markdown notes. Every file is new, in a folder of its own.
     """
-    loaded = _require_model()
-    if not image_path:
-        raise gr.Error("Upload an image first (PNG, JPEG, 16-bit PNG, TIFF or DICOM).", print_exception=False)
+    loaded = _model()
     name = Path(image_path).name
-    try:
-        return _segment(loaded, image_path, name, report, threshold)
-    except (ImageReadError, ReportError, ValueError, TypeError) as error:
-        raise gr.Error(str(error), print_exception=False) from None
-    except (MemoryError, torch.OutOfMemoryError):
-        raise gr.Error(f"{name} is too large for this machine's memory; downscale it.", print_exception=False) from None
-    except Exception as error:  # a bug: the user gets one line, the server log the traceback
-        logger.exception("segment failed on %s", name)
-        raise gr.Error(f"Segmentation failed on {name} ({type(error).__name__}: {error}).", print_exception=False) from None
-
-
-def _segment(loaded: _LoadedModel, image_path, name: str, report, threshold):
     threshold = check_threshold(threshold)
     image = read_image(image_path, name=name)
-    with loaded.lock:
-        checked = check_report(report, loaded.processor, loaded.supports_text_free_inference)
-        started = time.perf_counter()
-        prediction = predict(loaded.model, loaded.processor, [image.pixels], [checked.text], threshold)[0]
-        latency_ms = (time.perf_counter() - started) * 1000.0
-    notes = image.notes + checked.notes
+    cleaned = CONTROL_CHARACTERS.sub("", "" if report is None else str(report))
+    removed = len(str(report or "")) - len(cleaned)
+    notes = list(image.notes) + ([f"Removed {removed} control character(s) (NUL, ...) from the report."] if removed else [])
+    checked = check_report(cleaned, loaded.processor, loaded.text_free)
+    started = time.perf_counter()
+    prediction = predict(loaded.model, loaded.processor, [image.pixels], [checked.text], threshold)[0]
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    notes += checked.notes
+    truth = _truth(ground_truth, prediction.mask.shape, notes)
+    dice = ""
+    if truth is not None:
+        metrics = SegmentationMetrics(with_hd95=False)
+        metrics.update(torch.from_numpy(prediction.mask)[None], torch.from_numpy(truth)[None])
+        dice = f"{metrics.compute()['dice_per_image']:.4f}"
     for note in notes:
         gr.Warning(note)
 
+    folder, picture = _request_folder(), _display(image.pixels)
+    masks = ([(truth, TRUTH_COLOUR)] if truth is not None else []) + [(prediction.mask, PREDICTION_COLOUR)]
+    overlay = _saved(_draw(picture, masks, style, opacity), folder / "overlay.png")
+    mask_file = _saved(mask_to_image(prediction.mask), folder / f"{Path(name).stem}_mask.png")
+    maps = [(_saved(_heatmap(level_map, picture), folder / f"stride_{stride}.png"),
+             f"stride {stride} ({level_map.shape[1]}x{level_map.shape[0]} map)")
+            for stride, level_map in prediction.alignment_maps.items()]
     height, width = image.size
-    display = np.asarray(Image.fromarray(to_display_rgb(image.pixels)).resize(_display_size(height, width), Image.BILINEAR))
-    display_mask = Image.fromarray(prediction.mask).resize(display.shape[1::-1], Image.NEAREST)
-    overlay = (display, [(np.asarray(display_mask, dtype=np.float32), "lesion")])
-    gallery = [
-        (_heatmap(level_map, display), f"stride {stride} ({level_map.shape[1]}x{level_map.shape[0]} map)")
-        for stride, level_map in prediction.alignment_maps.items()
-    ]
     percent = 100.0 * prediction.area_fraction
-    summary = (
-        f"**{name}**: {width}x{height} pixels, threshold {threshold:g}. Lesion: {prediction.lesion_pixels:,} pixels "
-        f"({percent:.2f} % of the image). Prediction took {latency_ms:.0f} ms on {loaded.model.device.type.upper()}."
-    )
-    markdown = "\n".join([summary] + [f"- {note}" for note in notes])
-    mask_file = _save_mask(prediction.mask, Path(name).stem)
-    return overlay, mask_file, gallery, prediction.lesion_pixels, round(percent, 3), round(latency_ms, 1), markdown
+    summary = (f"**{name}**: {width}x{height} pixels, threshold {threshold:g}. Lesion: {prediction.lesion_pixels:,} "
+               f"pixels ({percent:.2f} % of the image)" + (f", Dice {dice} against the ground truth" if dice else "")
+               + f". Prediction took {latency_ms:.0f} ms on {loaded.model.device.type.upper()}.")
+    notes_markdown = "\n".join([summary] + [f"- {note}" for note in notes])
+    return (overlay, mask_file, maps, dice, str(prediction.lesion_pixels), f"{percent:.3f}", f"{latency_ms:.1f}",
+            notes_markdown)
+
+
+@_user_errors
+def redraw(image_path, mask_file, ground_truth=None, style="contour", opacity=0.5):
+    """The overlay again, in another style or opacity, from the image and the mask file (the model does not run)."""
+    if not mask_file:
+        return None
+    prediction = binary_mask(mask_file, "the mask file").numpy()
+    image = read_image(image_path, name=Path(image_path).name)
+    truth = _truth(ground_truth, prediction.shape, [])
+    masks = ([(truth, TRUTH_COLOUR)] if truth is not None else []) + [(prediction, PREDICTION_COLOUR)]
+    return _saved(_draw(_display(image.pixels), masks, style, opacity), _request_folder() / "overlay.png")
 
 
 # --------------------------------------------------------------------------------------------------- examples
 
 
-def _first_report(prompts) -> Optional[str]:
-    """medvlsm prompts: p6 (the richest single sentence), else the longest string prompt."""
-    if isinstance(prompts.get("p6"), str) and prompts["p6"].strip():
-        return prompts["p6"]
-    texts = [value for value in prompts.values() if isinstance(value, str) and value.strip()]
-    return max(texts, key=len) if texts else None
+class Example(NamedTuple):
+    image: str  # the image file as the dataset holds it
+    report: str
+    mask: str  # its ground-truth mask, 0/255 PNG
+    thumbnail: str  # the image with the ground truth's contour
+    caption: str
 
 
-def _flat_examples(folder: Path, count: int) -> list:
-    """Flat layout: images/<id>.*, reports/<id>.txt, split.json ({split: [ids]}); validation ids first."""
-    splits = json.loads((folder / "split.json").read_text())
-    order = sorted(splits, key=lambda split: split.lower() not in ("val", "validation", "test"))
-    examples = []
-    for split in order:
-        for example_id in splits[split]:
-            images = sorted((folder / "images").glob(f"{example_id}.*"))
-            report = folder / "reports" / f"{example_id}.txt"
-            if images and report.is_file():
-                examples.append((images[0], report.read_text().strip()))
-            if len(examples) == count:
-                return examples
-    return examples
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())  # "QaTa-COV19", "qata_cov19" -> "qatacov19"
 
 
-def _medvlsm_examples(folder: Path, count: int) -> list:
-    """medvlsm layout: images/, anns/<split>.json (records with img_name and prompts p0..p9)."""
-    files = sorted((folder / "anns").glob("*.json"), key=lambda path: path.stem.lower() not in ("val", "validation", "test"))
-    examples = []
-    for file in files:
-        for record in json.loads(file.read_text()):
-            image = folder / "images" / record["img_name"]
-            report = _first_report(record.get("prompts", {}))
-            if image.is_file() and report:
-                examples.append((image, report))
-            if len(examples) == count:
-                return examples
-    return examples
-
-
-def find_examples(samples_dir=None, per_dataset: int = 2) -> list:
+def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
     """
-    `[image_path, report, 0.5]` rows for `gr.Examples`, `per_dataset` from each dataset folder in `samples_dir`
-    (default: the repository's `samples/`, or `samples/` beside app.py on a Space) that has the flat (QaTa-COV19) or
-    medvlsm (Kvasir-SEG) layout. No samples folder: no examples.
+    Validation examples of the datasets in `samples_dir` (default: the repository's `samples/`) that the model was
+    trained on (folder names matched to `trained_on` ignoring case and punctuation), read by `load_tmca_dataset`.
+    Their files are written to a new temporary folder.
     """
-    candidates = [Path(samples_dir)] if samples_dir else [REPO_ROOT / "samples", APP_DIR / "samples"]
-    folder = next((candidate for candidate in candidates if candidate.is_dir()), None)
-    if folder is None:
-        return []
-    rows = []
-    for dataset in sorted(path for path in folder.iterdir() if path.is_dir()):
+    folder = Path(samples_dir) if samples_dir else REPO_ROOT / "samples"
+    wanted = {_key(name) for name in trained_on}
+    datasets_found = sorted(p for p in folder.iterdir() if p.is_dir() and _key(p.name) in wanted) if folder.is_dir() else []
+    out, examples = Path(tempfile.mkdtemp(prefix="tmca-examples-")), []
+    for dataset in datasets_found:
         try:
-            if (dataset / "split.json").is_file() and (dataset / "reports").is_dir():
-                found = _flat_examples(dataset, per_dataset)
-            elif (dataset / "anns").is_dir():
-                found = _medvlsm_examples(dataset, per_dataset)
-            else:
-                continue
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            split = load_tmca_dataset(dataset, splits=["validation"])["validation"]
+        except (OSError, ValueError) as error:
             logger.warning("no examples from %s: %s", dataset, error)
             continue
-        rows.extend([str(image), report, 0.5] for image, report in found)
-    return rows
+        split = split.select(range(min(per_dataset, len(split)))).cast_column("image", datasets.Image(decode=False))
+        (out / dataset.name).mkdir()
+        for row in split:
+            image = out / dataset.name / Path(row["image"]["path"]).name
+            image.write_bytes(row["image"]["bytes"])
+            truth = binary_mask(row["mask"], "mask").numpy()
+            thumbnail = _draw(_display(read_image(image).pixels, THUMBNAIL_SIDE), [(truth, TRUTH_COLOUR)], "contour", 1.0)
+            examples.append(Example(
+                str(image), row["text"], _saved(row["mask"], image.with_name(f"{row['id']}_truth.png")),
+                _saved(thumbnail, image.with_name(f"{row['id']}_thumbnail.png")), f"{dataset.name} {row['id']}: {row['text']}"))
+    return examples
 
 
 # ------------------------------------------------------------------------------------------------------- app
@@ -306,76 +347,93 @@ def find_examples(samples_dir=None, per_dataset: int = 2) -> list:
 
 DESCRIPTION = """\
 # TMCA: report-guided lesion segmentation
-Upload a medical image (chest X-ray, endoscopy frame, CT/MR slice; PNG, JPEG, 16-bit PNG, TIFF or DICOM) and paste
-the clinician's report. TMCA ([Li et al., 2024](https://arxiv.org/abs/2412.13533)) segments the lesion the report
-describes. The heatmaps show, per decoder level, where the report points (pixel-report similarity).
-**Research demo, not a medical device.**
+Upload a medical image (PNG, JPEG, 16-bit PNG, TIFF or DICOM) and paste the clinician's report. TMCA
+([Li et al., 2024](https://arxiv.org/abs/2412.13533)) segments the lesion the report describes; the heatmaps show,
+per decoder level, where the report points. **Research demo, not a medical device.**
 """
 
 
 def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
-    """The Gradio app; loads the model (once) and shows what to do when it is missing."""
-    problem = load(model_path)
-    text_free = _loaded is not None and _loaded.supports_text_free_inference
-    with gr.Blocks(title="TMCA lesion segmentation", delete_cache=(900, MASK_FILE_MAX_AGE_S)) as demo:
+    """The Gradio app for the model at `model_path` (loaded once), with examples of what it was trained on."""
+    load(model_path)
+    loaded = MODEL if isinstance(MODEL, LoadedModel) else None
+    examples = find_examples(loaded.trained_on, samples_dir) if loaded else []
+    with gr.Blocks(title="TMCA lesion segmentation", delete_cache=(900, 3600)) as demo:
         gr.Markdown(DESCRIPTION)
-        if problem:
-            gr.Markdown(f"> **No model loaded.** {problem}", elem_id="model-problem")
+        gr.Markdown(describe(MODEL), elem_id="model-info")
         with gr.Row():
             with gr.Column():
                 image = gr.File(label="Image (PNG, JPEG, 16-bit PNG, TIFF or DICOM .dcm)", type="filepath", elem_id="image")
-                report = gr.Textbox(
-                    label="Report",
-                    lines=3,
-                    placeholder="e.g. bilateral pulmonary infection, two infected areas, middle lower left lung"
-                    + (" (leave empty for a text-free prediction)" if text_free else ""),
-                    elem_id="report",
-                )
+                report = gr.Textbox(label="Report", lines=3, elem_id="report", placeholder=(
+                    "e.g. bilateral pulmonary infection, two infected areas, middle lower left lung"
+                    + (" (leave empty for a text-free prediction)" if loaded and loaded.text_free else "")))
                 threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (lesion probability)")
+                truth = gr.Image(label="Ground-truth mask (optional, after the image): the Dice of the prediction",
+                                 type="pil", image_mode=None, format="png", height=160, elem_id="truth")
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column():
-                overlay = gr.AnnotatedImage(
-                    label="Predicted lesion", color_map={"lesion": LESION_COLOR}, format="png", elem_id="overlay"
-                )
+                overlay = gr.Image(label="Prediction (red) and ground truth (green)", type="filepath", format="png",
+                                   interactive=False, elem_id="overlay")
                 with gr.Row():
-                    lesion_pixels = gr.Number(label="Lesion area (pixels)", precision=0)
-                    lesion_percent = gr.Number(label="Lesion area (% of image)")
-                    latency = gr.Number(label="Prediction latency (ms)")
+                    style = gr.Radio(["contour", "filled"], value="contour", label="Draw the lesion as", elem_id="style")
+                    opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity", elem_id="opacity")
+                with gr.Row():
+                    numbers = [gr.Textbox(label=label, interactive=False, elem_id=elem_id) for label, elem_id in (
+                        ("Dice vs ground truth", "dice"), ("Lesion area (pixels)", "lesion-pixels"),
+                        ("Lesion area (% of image)", "lesion-percent"), ("Prediction latency (ms)", "latency"))]
                 mask_file = gr.File(label="Binary mask (PNG at the original size, 0 / 255)", elem_id="mask-file")
                 notes = gr.Markdown(elem_id="notes")
-        maps = gr.Gallery(
-            label="Where the report points: pixel-report similarity per decoder level", columns=3,
-            object_fit="contain", format="png", elem_id="alignment-maps",
-        )
-        examples = find_examples(samples_dir)
+        maps = gr.Gallery(label="Where the report points: pixel-report similarity per decoder level", columns=3,
+                          object_fit="contain", format="png", elem_id="alignment-maps")
         if examples:
-            gr.Examples(examples, inputs=[image, report, threshold], label="Examples (QaTa-COV19, Kvasir-SEG)")
-        outputs = [overlay, mask_file, maps, lesion_pixels, lesion_percent, latency, notes]
-        gr.on([button.click, report.submit], segment, inputs=[image, report, threshold], outputs=outputs, api_name="segment")
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+            gallery = gr.Gallery([(e.thumbnail, e.caption) for e in examples], label="Examples (validation images, "
+                                 "ground truth in green): click one, then Segment", columns=4, height=320,
+                                 allow_preview=False, elem_id="examples")
+        else:
+            gr.Markdown("No examples: they are offered only for the datasets the model folder says it was trained on "
+                        "(its README.md, training_args.json or eval_results.json), found in `samples/`.")
+        outputs = [overlay, mask_file, maps, *numbers, notes]
+
+        def clear():
+            return [None] * len(outputs)
+
+        def pick_example(event: gr.SelectData):
+            example = examples[event.index]
+            return [example.image, example.report, example.mask] + clear()
+
+        if examples:
+            gallery.select(pick_example, None, [image, report, truth, *outputs], api_visibility="private")
+        image.upload(lambda: [None] + clear(), None, [truth, *outputs], api_visibility="private")
+        gr.on([button.click, report.submit], clear, None, outputs, queue=False, api_visibility="private").then(
+            segment, [image, report, threshold, truth, style, opacity], outputs, api_name="segment",
+            concurrency_limit=1)  # one prediction at a time: the model and its tokenizer are shared
+        gr.on([style.change, opacity.release], redraw, [image, mask_file, truth, style, opacity], overlay,
+              api_name="redraw")
+    demo.queue(max_size=QUEUE_SIZE)
     return demo
 
 
 def launch_kwargs() -> dict:
     """Arguments of `demo.launch` shared by `main` and the tests."""
-    return dict(max_file_size=MAX_FILE_SIZE, ssr_mode=False, mcp_server=False)
+    return dict(max_file_size="100mb", ssr_mode=False, mcp_server=False)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="TMCA Gradio app: report-guided lesion segmentation.")
-    parser.add_argument("--model", help=f"model folder or Hub id (default: $TMCA_MODEL, else {DEFAULT_MODEL})")
+    parser.add_argument("--model", help="model folder or Hub id (default: $TMCA_MODEL, else models/tmca-qata-cov19 "
+                                        "when it exists, else outputs/tmca-qata-sample)")
+    parser.add_argument("--samples", help="folder of example datasets (default: the repository's samples/)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="make a public gradio.live link (off by default)")
-    parser.add_argument("--samples", help="folder with example datasets (default: the repository's samples/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     demo = build_demo(args.model, args.samples)
-    if _load_problem:
-        logger.warning("%s\nThe app starts anyway and shows this message.", _load_problem)
+    if not isinstance(MODEL, LoadedModel):
+        logger.warning("%s\nThe app starts anyway and shows this message.", MODEL)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,9 @@
-"""The Gradio Space (space/app.py) at three depths: its `segment` function, the launched server answered by
-gradio_client (good, concurrent and bad requests), and a real browser (Debian chromium driven by playwright)."""
+"""The Gradio Space (space/app.py) at three depths: its functions, the launched server answered by gradio_client (good,
+concurrent and bad requests, a full queue), and a real browser (Debian chromium driven by playwright)."""
 
 import importlib.util
+import io
+import json
 import os
 import socket
 import sys
@@ -10,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import REPO_ROOT, SHARED_DATA, tiny_config, tiny_processor
+from conftest import REPO_ROOT, SHARED_DATA, save_tiny_model
 from test_predict import png_bytes, png_header_only, write_dicom, write_format_zoo
-from tmca_hf import TmcaForImageSegmentation
+from tmca_hf.model_card import write_model_card
 
 
 gr = pytest.importorskip("gradio")
@@ -29,6 +30,10 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 REPORT = "bilateral pulmonary infection, two infected areas, middle lower left lung"
+EVAL_RESULTS = {"evaluation": [{"text_mode": "report", "num_images": 16, "dice_per_image": 0.61234, "dice_pooled": 0.7,
+                                 "iou_per_image": 0.5, "iou_pooled": 0.55, "hd95": 20.0}]}
+# Outside a request, gradio turns the app's notices (gr.Warning, e.g. a cut report) into UserWarnings.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 
 
 def _load_app():
@@ -38,19 +43,21 @@ def _load_app():
     return module
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """space/app.py with a tiny random model saved and loaded back the way the Space loads it (AutoModel, remote code)."""
+def _tiny_model(folder: Path, dataset: str = None, eval_results: dict = None) -> Path:
+    """A tiny random model folder; with `dataset`, the training_args.json train.py writes beside it."""
+    save_tiny_model(folder, text_dropout=0.2)
+    if dataset:
+        (folder / "training_args.json").write_text(json.dumps({"dataset": dataset, "output_dir": str(folder)}))
+    if eval_results:
+        (folder / "eval_results.json").write_text(json.dumps(eval_results))
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gradio_temp_dir(tmp_path_factory):
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
-    module = _load_app()
-    model_dir = tmp_path_factory.mktemp("tiny-tmca")
-    torch.manual_seed(0)
-    TmcaForImageSegmentation(tiny_config(text_dropout=0.2)).eval().save_pretrained(model_dir)
-    tiny_processor().save_pretrained(model_dir)
-    assert module.load(str(model_dir)) is None
-    module.model_dir = model_dir
-    yield module
+    yield
     if previous is None:
         os.environ.pop("GRADIO_TEMP_DIR", None)
     else:
@@ -67,15 +74,38 @@ def samples_dir():
 
 
 @pytest.fixture(scope="module")
-def server(app, samples_dir):
-    """The app launched once for the module on a free port; yields its URL."""
-    demo = app.build_demo(str(app.model_dir), samples_dir)
+def app(tmp_path_factory):
+    """space/app.py with a tiny random model trained (says its folder) on QaTa-COV19, loaded the way the Space loads
+    it (AutoModel, remote code)."""
+    module = _load_app()
+    model_dir = _tiny_model(tmp_path_factory.mktemp("tiny-tmca"), "../shared/data/qata_cov19", EVAL_RESULTS)
+    assert module.load(str(model_dir)) is None
+    module.model_dir = model_dir
+    return module
+
+
+@pytest.fixture(scope="module")
+def examples(app, samples_dir):
+    found = app.find_examples(app.MODEL.trained_on, samples_dir)
+    if not found:
+        pytest.skip(f"{samples_dir} has no QaTa-COV19 validation examples")
+    return found
+
+
+def _launch(demo, app) -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             **app.launch_kwargs())
-    yield url
+    return url
+
+
+@pytest.fixture(scope="module")
+def server(app, samples_dir):
+    """The app launched once for the module on a free port; yields its URL."""
+    demo = app.build_demo(str(app.model_dir), samples_dir)
+    yield _launch(demo, app)
     demo.close()
 
 
@@ -94,51 +124,65 @@ def bad_files(tmp_path_factory) -> dict:
     (folder / "truncated.png").write_bytes(png_bytes()[:-60])
     Image.new("L", (1, 1)).save(folder / "one_pixel.png")
     (folder / "huge.png").write_bytes(png_header_only(20000, 20000))
+    (folder / "6001x6000.png").write_bytes(png_header_only(6001, 6000))
     write_dicom(folder / "no_pixels.dcm")
+    pixels = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    pixels[10:20, 10:20] = np.nan
+    Image.fromarray(pixels, mode="F").save(folder / "nan.tif")
     return {
         "not-an-image": (folder / "notes.png", REPORT, "not an image file"),
         "truncated": (folder / "truncated.png", REPORT, "damaged or truncated"),
         "1x1": (folder / "one_pixel.png", REPORT, "expected at least 32 pixels"),
-        "20000x20000": (folder / "huge.png", REPORT, "too large"),
+        "20000x20000": (folder / "huge.png", REPORT, "too large|limit"),
+        # issue 8 item 11: the real size and the real limit, not "(36 MP); the limit is 36 MP".
+        "6001x6000": (folder / "6001x6000.png", REPORT, r"6001x6000 pixels.*36,006,000.*36,000,000"),
         "dicom-without-pixels": (folder / "no_pixels.dcm", REPORT, "without pixel data"),
+        # issue 8 item 9: refused, not a silent empty mask.
+        "nan-float-tiff": (folder / "nan.tif", REPORT, "100 NaN or infinite pixel value"),
         "emoji-only-report": (good, "🫁🦠😷", "no word the model's tokenizer knows"),
     }
 
 
 def _check_result(result, image_size, levels):
-    (display, [(display_mask, label)]), mask_path, gallery, pixels, percent, latency_ms, notes = result
+    overlay, mask_path, gallery, dice, pixels, percent, latency_ms, notes = result
     mask = np.asarray(Image.open(mask_path))
     assert mask.shape == image_size and set(np.unique(mask)) <= {0, 255}
-    assert pixels == int((mask == 255).sum()) and percent == pytest.approx(100 * pixels / mask.size, abs=1e-3)
-    assert label == "lesion" and display.shape[:2] == display_mask.shape and display.dtype == np.uint8
-    assert len(gallery) == len(levels) and all(caption.startswith(f"stride {s}") for (_, caption), s in zip(gallery, levels))
-    assert latency_ms > 0 and "Prediction took" in notes
+    assert int(pixels) == int((mask == 255).sum()) and float(percent) == pytest.approx(100 * int(pixels) / mask.size, abs=1e-3)
+    picture = np.asarray(Image.open(overlay))
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.shape[0] / picture.shape[1] == pytest.approx(
+        image_size[0] / image_size[1], rel=0.05)
+    captions = [item["caption"] if isinstance(item, dict) else item[1] for item in gallery]  # client: dicts
+    assert len(gallery) == len(levels) and all(caption.startswith(f"stride {s}") for caption, s in zip(captions, levels))
+    assert float(latency_ms) > 0 and "Prediction took" in notes
+    return dice
 
 
-# ------------------------------------------------------------------------------------------------ the function
+# ------------------------------------------------------------------------------------------------ the functions
 
 
-def test_segment_on_sample_images(app, samples_dir):
-    examples = app.find_examples(samples_dir)
-    if not examples:
-        pytest.skip(f"{samples_dir} has no QaTa-COV19 (flat) or Kvasir-SEG (medvlsm) examples")
-    assert {Path(path).parent.parent.name for path, _, _ in examples} >= {"qata_cov19", "kvasir_seg"}
-    levels = app._loaded.model.config.alignment_levels
-    for path, report, threshold in examples:
-        result = app.segment(path, report, threshold)
-        _check_result(result, Image.open(path).size[::-1], levels)
+def test_segment_on_examples_with_their_ground_truth(app, examples):
+    """Issue 8 item 12: each example comes with its ground-truth mask, and the app gives the prediction's Dice."""
+    from tmca_hf.metrics import SegmentationMetrics
+
+    levels = app.MODEL.model.config.alignment_levels
+    for example in examples:
+        truth = Image.open(example.mask)
+        dice = _check_result(app.segment(example.image, example.report, 0.5, truth), Image.open(example.image).size[::-1], levels)
+        prediction = np.asarray(Image.open(app.segment(example.image, example.report, 0.5)[1])) == 255
+        metrics = SegmentationMetrics(with_hd95=False)
+        metrics.update([prediction.astype(np.float32)], [(np.asarray(truth) == 255).astype(np.float32)])
+        assert float(dice) == pytest.approx(metrics.compute()["dice_per_image"], abs=1e-4)
+        assert app.segment(example.image, example.report, 0.5)[3] == ""  # no ground truth, no Dice
     # A lower threshold can only grow the mask.
-    path, report, _ = examples[0]
-    assert app.segment(path, report, 0.1)[3] >= app.segment(path, report, 0.9)[3]
+    assert int(app.segment(examples[0].image, examples[0].report, 0.1)[4]) >= int(app.segment(examples[0].image, examples[0].report, 0.9)[4])
 
 
 def test_segment_accepts_every_format(app, tmp_path):
     sizes = write_format_zoo(tmp_path)
     for name, size in sizes.items():
-        _check_result(app.segment(str(tmp_path / name), REPORT, 0.5), size, app._loaded.model.config.alignment_levels)
+        _check_result(app.segment(str(tmp_path / name), REPORT, 0.5), size, app.MODEL.model.config.alignment_levels)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_segment_reports(app, tmp_path, monkeypatch):
     path = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 64), dtype=np.uint8)).save(path)
@@ -146,7 +190,11 @@ def test_segment_reports(app, tmp_path, monkeypatch):
     notes = app.segment(str(path), long_report, 0.5)[-1]
     assert "10,000 characters" in notes and "reads only its first 14 tokens" in notes
     assert "text-free prediction" in app.segment(str(path), "", 0.5)[-1]
-    monkeypatch.setattr(app._loaded.model.config, "text_dropout", 0.0)  # now a model that needs a report
+    # Issue 8 item 11: a NUL byte is stripped, and the user is told.
+    with_nul, without = app.segment(str(path), "right lung\x00 infection", 0.5), app.segment(str(path), "right lung infection", 0.5)
+    assert "Removed 1 control character(s)" in with_nul[-1] and "control character" not in without[-1]
+    assert with_nul[4] == without[4]  # the same report reached the model
+    monkeypatch.setattr(app.MODEL.model.config, "text_dropout", 0.0)  # now a model that needs a report
     with pytest.raises(gr.Error, match="The report is empty, and this model needs one"):
         app.segment(str(path), "  ", 0.5)
     with pytest.raises(gr.Error, match="threshold must lie strictly between 0 and 1"):
@@ -155,99 +203,227 @@ def test_segment_reports(app, tmp_path, monkeypatch):
         app.segment(None, REPORT, 0.5)
 
 
-@pytest.mark.parametrize(
-    "case", ["not-an-image", "truncated", "1x1", "20000x20000", "dicom-without-pixels", "emoji-only-report"]
-)
+@pytest.mark.parametrize("case", [
+    "not-an-image", "truncated", "1x1", "20000x20000", "6001x6000", "dicom-without-pixels", "nan-float-tiff",
+    "emoji-only-report",
+])
 def test_segment_refuses_bad_inputs(app, bad_files, case):
     path, report, message = bad_files[case]
     with pytest.raises(gr.Error, match=message):
         app.segment(str(path), report, 0.5)
 
 
+def test_overlay_contour_filled_and_opacity(app, examples):
+    """Issue 8 item 12: the overlay draws a contour or a filled region at the chosen opacity (not solid at 0.85), and
+    `redraw` draws it again from the mask file without the model."""
+    example = examples[0]
+    result = app.segment(example.image, example.report, 0.3, None, "filled", 1.0)
+    mask = np.asarray(Image.open(result[1])) == 255
+    assert mask.any(), "the tiny model should predict some lesion at threshold 0.3"
+    red = np.array(app.PREDICTION_COLOUR)
+
+    def coloured(path):
+        return int((np.abs(np.asarray(Image.open(path)).astype(int) - red).sum(-1) == 0).sum())
+
+    filled = coloured(result[0])
+    contour = coloured(app.redraw(example.image, result[1], None, "contour", 1.0))
+    assert 0 < contour < filled
+    plain = np.asarray(Image.open(app.redraw(example.image, result[1], None, "filled", 0.0)))
+    assert np.array_equal(plain, app._display(app.read_image(example.image).pixels))  # opacity 0: the image itself
+    half = np.asarray(Image.open(app.redraw(example.image, result[1], None, "filled", 0.5))).astype(int)
+    inside = np.asarray(Image.fromarray(mask).resize(plain.shape[1::-1], Image.NEAREST))
+    assert np.abs(half[inside] - (plain[inside] + red) / 2).max() <= 1  # blended half and half, the anatomy shows
+    assert app.redraw(example.image, None, None, "filled", 0.5) is None  # nothing segmented yet: nothing to draw
+
+
+def test_model_facts_and_examples_follow_training_data(tmp_path, samples_dir):
+    """Issue 8 item 12: the app names the loaded model, its training data and validation Dice (from the model card or
+    eval_results.json), and offers examples only of what the model was trained on."""
+    module = _load_app()
+    carded = _tiny_model(tmp_path / "tmca-qata-cov19")
+    write_model_card(carded / "README.md", REPO_ROOT / "model_card.md", EVAL_RESULTS["evaluation"],
+                     {"dataset": "../shared/data/qata_cov19", "output_dir": str(carded)})
+    assert module.load(str(carded)) is None
+    info = module.describe(module.MODEL)
+    assert "tmca-qata-cov19" in info and "QaTa-COV19" in info and "61.23 %" in info
+    qata = module.find_examples(module.MODEL.trained_on, samples_dir)
+    assert qata and all(Path(e.image).parent.name == "qata_cov19" for e in qata)
+    assert all(np.asarray(Image.open(e.thumbnail)).shape[2] == 3 and Image.open(e.mask).mode == "L" for e in qata)
+
+    assert module.load(str(_tiny_model(tmp_path / "kvasir", "samples/kvasir_seg"))) is None
+    assert "kvasir_seg" in module.describe(module.MODEL) and "not stated in the model folder" in module.describe(module.MODEL)
+    kvasir = module.find_examples(module.MODEL.trained_on, samples_dir)
+    assert kvasir and all(Path(e.image).parent.name == "kvasir_seg" for e in kvasir)
+
+    assert module.load(str(_tiny_model(tmp_path / "unknown"))) is None
+    assert module.MODEL.trained_on == () and module.find_examples(module.MODEL.trained_on, samples_dir) == []
+    demo = module.build_demo(str(tmp_path / "unknown"), samples_dir)
+    assert "No examples: they are offered only for the datasets" in str(demo.config)
+
+
 def test_missing_model_says_what_to_do(tmp_path):
     """Without a model the app still builds, shows what to do, and answers requests with that message."""
     module = _load_app()
-    missing = tmp_path / "outputs" / "tmca-qata-sample"
-    demo = module.build_demo(str(missing))
+    demo = module.build_demo(str(tmp_path / "outputs" / "tmca-qata-sample"))
     assert isinstance(demo, gr.Blocks)
-    assert "README" in module._load_problem and "TMCA_MODEL" in module._load_problem
+    assert "README" in module.MODEL and "TMCA_MODEL" in module.MODEL and "No model loaded" in str(demo.config)
     with pytest.raises(gr.Error, match="No TMCA model at"):
         module.segment(str(tmp_path / "x.png"), REPORT, 0.5)
+
+
+def test_default_model_prefers_the_release_model(app, monkeypatch):
+    monkeypatch.delenv("TMCA_MODEL", raising=False)
+    release, sample = app.DEFAULT_MODELS
+    assert release.name == "tmca-qata-cov19" and sample.name == "tmca-qata-sample"
+    assert app.default_model() == str(release if release.is_dir() else sample)
+    monkeypatch.setenv("TMCA_MODEL", "user/model")
+    assert app.default_model() == "user/model"
+
+
+def test_space_has_no_symlink_and_no_sys_path():
+    """Issue 9 item 2: the Space reaches the library as an installed package, declared in its requirements."""
+    space = REPO_ROOT / "space"
+    assert not any(path.is_symlink() for path in space.iterdir())
+    source = (space / "app.py").read_text()
+    assert "sys.path" not in source and "from tmca_hf" in source and "load_tmca_dataset" in source
+    assert "tmca-hf" in (space / "requirements.txt").read_text() or ".[space]" in (space / "requirements.txt").read_text()
 
 
 # -------------------------------------------------------------------------------------------------- the server
 
 
-def test_server_answers_a_client(client, samples_dir, app):
-    path, report, _ = app.find_examples(samples_dir)[0]
-    overlay, mask_file, gallery, pixels, percent, latency_ms, notes = client.predict(
-        gradio_client.handle_file(path), report, 0.5, api_name="/segment"
-    )
-    mask = np.asarray(Image.open(mask_file))
-    assert mask.shape == Image.open(path).size[::-1] and pixels == int((mask == 255).sum())
-    assert Path(overlay["image"]).is_file() and [note["label"] for note in overlay["annotations"]] == ["lesion"]
-    assert len(gallery) == len(app._loaded.model.config.alignment_levels)
-    assert latency_ms > 0 and Path(path).name in notes
-    print(f"\napp-measured prediction latency (tiny model, {Path(path).name}): {latency_ms:.1f} ms")
+def _ask(client, path, report=REPORT):
+    return client.predict(gradio_client.handle_file(str(path)), report, 0.5, None, "contour", 0.6, api_name="/segment")
 
 
-def test_server_answers_20_concurrent_requests(client, tmp_path):
-    paths = []
-    for index in range(20):
-        paths.append(tmp_path / f"case_{index}.png")
-        Image.fromarray(np.full((48 + index, 64), 10 * index, np.uint8)).save(paths[-1])
+def test_server_answers_a_client(client, examples, app):
+    example = examples[0]
+    result = client.predict(gradio_client.handle_file(example.image), example.report, 0.5,
+                            gradio_client.handle_file(example.mask), "filled", 0.5, api_name="/segment")
+    dice = _check_result(result, Image.open(example.image).size[::-1], app.MODEL.model.config.alignment_levels)
+    assert 0.0 <= float(dice) <= 1.0 and Path(example.image).name in result[-1]
+    overlay = client.predict(gradio_client.handle_file(example.image), gradio_client.handle_file(result[1]), None,
+                             "contour", 0.6, api_name="/redraw")
+    assert np.asarray(Image.open(overlay)).shape == np.asarray(Image.open(result[0])).shape
+    print(f"\napp-measured prediction latency (tiny model, {Path(example.image).name}): {result[6]} ms")
 
-    def ask(path):
-        return client.predict(gradio_client.handle_file(str(path)), REPORT, 0.5, api_name="/segment")
 
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(ask, paths))
-    assert len(results) == 20
-    for index, result in enumerate(results):
-        assert np.asarray(Image.open(result[1])).shape == (48 + index, 64)
+def test_server_answers_40_concurrent_requests_with_files_of_their_own(server, tmp_path):
+    """Issue 8 item 10: 40 concurrent requests for the same image (outputs of the same content) are all answered,
+    each with files of its own on the server, each downloaded whole while the others run (the old app rewrote a
+    cached file of the same content while another request downloaded it: RemoteProtocolError)."""
+    import httpx
+
+    client = gradio_client.Client(server, verbose=False, download_files=False)  # the server's own file paths
+    path = tmp_path / "same.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (72, 64), dtype=np.uint8)).save(path)
+
+    def ask_and_download(_):
+        overlay, mask, maps, *_ = _ask(client, path)
+        files = [overlay, mask, *(item["image"] for item in maps)]
+        return [(file["path"], Image.open(io.BytesIO(httpx.get(file["url"], timeout=60).raise_for_status().content)))
+                for file in files]
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        results = list(pool.map(ask_and_download, range(40)))
+    paths = [path for files in results for path, _ in files]
+    assert len(results) == 40 and len(set(paths)) == len(paths) == 40 * 5
+    for files in results:
+        assert [np.asarray(image).tobytes() for _, image in files] == [np.asarray(image).tobytes() for _, image in results[0]]
+    assert np.asarray(results[0][1][1]).shape == (72, 64)
+
+
+def test_server_tells_requests_beyond_the_queue_that_it_is_full(app, samples_dir, tmp_path):
+    """Issue 8 item 10: past the queue's size a request is told the queue is full; every other one is answered."""
+    demo = app.build_demo(str(app.model_dir), samples_dir)
+    demo.queue(max_size=2)
+    url = _launch(demo, app)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        path = tmp_path / "x.png"
+        path.write_bytes(png_bytes())
+
+        def ask(_):
+            try:
+                return _ask(client, path)
+            except Exception as error:  # noqa: BLE001 - what the client was told is the point
+                return error
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(ask, range(20)))
+    finally:
+        demo.close()
+    refused = [result for result in results if isinstance(result, Exception)]
+    assert all("queue is full" in str(error).lower() for error in refused), refused
+    assert refused and len(refused) < 20
 
 
 def test_server_keeps_serving_after_bad_inputs(client, bad_files):
     for case, (path, report, message) in bad_files.items():
         with pytest.raises(gradio_client.exceptions.AppError, match=message):
-            client.predict(gradio_client.handle_file(str(path)), report, 0.5, api_name="/segment")
+            _ask(client, path, report)
     oversized = bad_files["emoji-only-report"][0].with_name("oversized.png")
     with open(oversized, "wb") as file:
         file.truncate(101 * 2**20)  # sparse: above the app's 100 MB upload limit without writing 100 MB
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
-        client.predict(gradio_client.handle_file(str(oversized)), REPORT, 0.5, api_name="/segment")
-    long_report = "right lung " * 1000
-    path = bad_files["emoji-only-report"][0]
-    notes = client.predict(gradio_client.handle_file(str(path)), long_report, 0.5, api_name="/segment")[-1]
+        _ask(client, oversized)
+    notes = _ask(client, bad_files["emoji-only-report"][0], "right lung " * 1000)[-1]
     assert "the model reads only its first" in notes  # a good request after the bad ones, with a notice
 
 
 # ------------------------------------------------------------------------------------------------- the browser
 
 
-def test_browser_example_to_overlay(server):
-    """Open the app in chromium, click an example, segment, wait for the overlay, and save a screenshot."""
+def test_browser_examples_overlay_and_cleared_error(server, examples, bad_files):
+    """Issue 8 item 12 in chromium: the model's name, training data and validation Dice are shown; the number boxes
+    are empty before anything runs; the examples are thumbnails with their ground truth; an example segments to an
+    overlay with its Dice; the overlay switches between contour and filled; after an error the previous image's
+    notes and numbers are gone. Saves a screenshot."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    numbers = ["#dice", "#lesion-pixels", "#lesion-percent", "#latency"]
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.goto(server)
-            page.locator(".tr-body").filter(has_text=".png").first.click()  # a QaTa-COV19 example (PNG)
-            sync_api.expect(page.locator("#report textarea")).not_to_have_value("", timeout=10_000)
+            expect(page.locator("#model-info")).to_contain_text("qata_cov19", timeout=20_000)
+            expect(page.locator("#model-info")).to_contain_text("61.23 %")
+            for box in numbers:
+                expect(page.locator(f"{box} textarea, {box} input").first).to_have_value("")
+            thumbnails = page.locator("#examples img")
+            expect(thumbnails).to_have_count(len(examples))
+            assert all(thumbnail.evaluate("img => img.naturalWidth") > 0 for thumbnail in thumbnails.all())
+
+            thumbnails.first.click()
+            expect(page.locator("#report textarea")).to_have_value(examples[0].report, timeout=10_000)
+            page.locator("#truth img").first.wait_for(state="visible", timeout=10_000)
             page.locator("#segment").click()
+            expect(page.locator("#notes")).to_contain_text("Prediction took", timeout=30_000)
+            expect(page.locator("#dice textarea, #dice input").first).not_to_have_value("")
             overlay = page.locator("#overlay img").first
-            overlay.wait_for(state="visible", timeout=30_000)
-            sync_api.expect(page.locator("#notes")).to_contain_text("Prediction took", timeout=30_000)
+            contour_src = overlay.get_attribute("src")
+            page.locator("#style").get_by_text("filled").click()
+            expect(overlay).not_to_have_attribute("src", contour_src, timeout=10_000)
             page.locator("#alignment-maps img").first.wait_for(state="visible", timeout=10_000)
+            expect(page.locator("#mask-file")).to_contain_text("_mask")
             for close in page.locator(".toast-close").all():  # notices (e.g. a cut report) would cover the overlay
                 close.click()
             page.screenshot(path=str(SCREENSHOT), full_page=True)
-            assert overlay.is_visible() and overlay.bounding_box()["width"] > 100
-            sync_api.expect(page.locator("#mask-file")).to_contain_text("_mask")  # the downloadable mask PNG
+            assert overlay.bounding_box()["width"] > 100
+
+            # An image the app refuses: the message says the real size and limit, and the old results are gone.
+            page.locator("#image input[type=file]").set_input_files(str(bad_files["6001x6000"][0]))
+            expect(page.locator("#image")).to_contain_text("6001x6000.png", timeout=10_000)
+            page.locator("#segment").click()
+            expect(page.locator(".toast-body").last).to_contain_text("36,006,000", timeout=20_000)
+            expect(page.locator("#notes")).not_to_contain_text("Prediction took")
+            expect(page.locator("#overlay img")).to_have_count(0)
+            for box in numbers:
+                expect(page.locator(f"{box} textarea, {box} input").first).to_have_value("")
         finally:
             browser.close()
     print(f"\nscreenshot: {SCREENSHOT}", file=sys.stderr)

@@ -1,1 +1,0 @@
-../tmca_hf/inference.py

@@ -369,7 +369,7 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                     + (" (leave empty for a text-free prediction)" if loaded and loaded.text_free else "")))
                 threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (lesion probability)")
                 truth = gr.Image(label="Ground-truth mask (optional, after the image): the Dice of the prediction",
-                                 type="pil", image_mode=None, format="png", height=160, elem_id="truth")
+                                 type="pil", image_mode=None, format="png", sources=["upload"], height=160, elem_id="truth")
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column():
                 overlay = gr.Image(label="Prediction (red) and ground truth (green)", type="filepath", format="png",
@@ -381,10 +381,9 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                     numbers = [gr.Textbox(label=label, interactive=False, elem_id=elem_id) for label, elem_id in (
                         ("Dice vs ground truth", "dice"), ("Lesion area (pixels)", "lesion-pixels"),
                         ("Lesion area (% of image)", "lesion-percent"), ("Prediction latency (ms)", "latency"))]
-                mask_file = gr.File(label="Binary mask (PNG at the original size, 0 / 255)", elem_id="mask-file")
+                mask_file = gr.File(label="Binary mask (PNG at the original size, 0 / 255)", interactive=False,
+                                    elem_id="mask-file")
                 notes = gr.Markdown(elem_id="notes")
-        maps = gr.Gallery(label="Where the report points: pixel-report similarity per decoder level", columns=3,
-                          object_fit="contain", format="png", elem_id="alignment-maps")
         if examples:
             gallery = gr.Gallery([(e.thumbnail, e.caption) for e in examples], label="Examples (validation images, "
                                  "ground truth in green): click one, then Segment", columns=4, height=320,
@@ -392,6 +391,8 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
         else:
             gr.Markdown("No examples: they are offered only for the datasets the model folder says it was trained on "
                         "(its README.md, training_args.json or eval_results.json), found in `samples/`.")
+        maps = gr.Gallery(label="Where the report points: pixel-report similarity per decoder level", columns=3,
+                          object_fit="contain", format="png", elem_id="alignment-maps")
         outputs = [overlay, mask_file, maps, *numbers, notes]
 
         def clear():

@@ -415,15 +415,26 @@ def test_browser_examples_overlay_and_cleared_error(server, examples, bad_files)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             assert overlay.bounding_box()["width"] > 100
 
-            # An image the app refuses: the message says the real size and limit, and the old results are gone.
-            page.locator("#image input[type=file]").set_input_files(str(bad_files["6001x6000"][0]))
-            expect(page.locator("#image")).to_contain_text("6001x6000.png", timeout=10_000)
+            # A request the app refuses: the previous image's notes, numbers and overlay are gone.
+            page.locator("#report textarea").fill("🫁🦠😷")
             page.locator("#segment").click()
-            expect(page.locator(".toast-body").last).to_contain_text("36,006,000", timeout=20_000)
+            expect(page.locator(".toast-body").last).to_contain_text("no word the model's tokenizer knows", timeout=20_000)
             expect(page.locator("#notes")).not_to_contain_text("Prediction took")
             expect(page.locator("#overlay img")).to_have_count(0)
             for box in numbers:
                 expect(page.locator(f"{box} textarea, {box} input").first).to_have_value("")
+
+            # Issue 8 item 11: a 6001x6000 image is refused with its real size and the real limit.
+            page.locator("#image button[aria-label=Clear]").click()
+            with page.expect_file_chooser() as chooser:
+                page.locator("#image button.upload-container").click()
+            chooser.value.set_files(str(bad_files["6001x6000"][0]))
+            expect(page.locator("#image")).to_contain_text("6001x6000", timeout=10_000)
+            expect(page.locator("#truth img")).to_have_count(0)  # a new image: the example's ground truth is gone
+            page.locator("#report textarea").fill(REPORT)
+            page.locator("#segment").click()
+            expect(page.locator(".toast-body").last).to_contain_text("36,006,000", timeout=20_000)
+            expect(page.locator(".toast-body").last).to_contain_text("36,000,000")
         finally:
             browser.close()
     print(f"\nscreenshot: {SCREENSHOT}", file=sys.stderr)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
+
 # Offline and quiet before gradio / transformers are imported (they read these at import time).
 for _name, _value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -95,6 +96,10 @@ def _model_file(name: str, filename: str) -> Optional[Path]:
         return None
 
 
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())  # "QaTa-COV19", "qata_cov19" -> "qatacov19"
+
+
 def model_facts(name: str) -> tuple:
     """(training dataset names, validation Dice in words or None) from the model card, eval_results.json and
     training_args.json, the files `train.py` writes beside the weights."""
@@ -112,7 +117,10 @@ def model_facts(name: str) -> tuple:
         for result in json.loads(path.read_text()).get("evaluation", []):
             if result.get("text_mode") == "report" and result.get("dice_per_image") is not None:
                 dice = f"{100 * result['dice_per_image']:.2f} % (per image, {result['num_images']:,} validation images)"
-    return tuple(dict.fromkeys(n for n in trained_on if n)), dice
+    names = {}
+    for dataset in filter(None, trained_on):
+        names.setdefault(_key(dataset), dataset)  # one spelling per dataset: "QaTa-COV19" and "qata_cov19" are one
+    return tuple(names.values()), dice
 
 
 def load(name: Optional[str] = None) -> Optional[str]:
@@ -159,12 +167,13 @@ def _display(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> Image.Image:
     return Image.fromarray(to_display_rgb(pixels)).resize((max(1, round(width * scale)), max(1, round(height * scale))))
 
 
-def _draw(picture: Image.Image, masks: list, style: str, opacity: float) -> Image.Image:
-    """(mask, colour) pairs over a picture, as a contour or filled, at `opacity`; the first mask, the ground
-    truth, always as a contour."""
-    for index, (mask, colour) in enumerate(masks):
+def _draw(picture: Image.Image, prediction, truth, style: str = "contour", opacity: float = 1.0) -> Image.Image:
+    """The ground truth's contour (green) and the prediction (red, a contour or filled) over a picture, at `opacity`."""
+    for mask, colour, filled in ((truth, TRUTH_COLOUR, False), (prediction, PREDICTION_COLOUR, style == "filled")):
+        if mask is None:
+            continue
         region = Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).resize(picture.size, Image.NEAREST)
-        if style == "contour" or (index == 0 and len(masks) > 1):
+        if not filled:
             region = ImageChops.subtract(region.filter(ImageFilter.MaxFilter(5)), region.filter(ImageFilter.MinFilter(3)))
         alpha = region.point(lambda value: round(value * float(opacity)))
         picture = Image.composite(Image.new("RGB", picture.size, colour), picture, alpha)
@@ -270,8 +279,7 @@ def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour
         gr.Warning(note)
 
     folder, picture = _request_folder(), _display(image.pixels)
-    masks = ([(truth, TRUTH_COLOUR)] if truth is not None else []) + [(prediction.mask, PREDICTION_COLOUR)]
-    overlay = _saved(_draw(picture, masks, style, opacity), folder / "overlay.png")
+    overlay = _saved(_draw(picture, prediction.mask, truth, style, opacity), folder / "overlay.png")
     mask_file = _saved(mask_to_image(prediction.mask), folder / f"{Path(name).stem}_mask.png")
     maps = [(_saved(_heatmap(level_map, picture), folder / f"stride_{stride}.png"),
              f"stride {stride} ({level_map.shape[1]}x{level_map.shape[0]} map)")
@@ -294,8 +302,7 @@ def redraw(image_path, mask_file, ground_truth=None, style="contour", opacity=0.
     prediction = binary_mask(mask_file, "the mask file").numpy()
     image = read_image(image_path, name=Path(image_path).name)
     truth = _truth(ground_truth, prediction.shape, [])
-    masks = ([(truth, TRUTH_COLOUR)] if truth is not None else []) + [(prediction, PREDICTION_COLOUR)]
-    return _saved(_draw(_display(image.pixels), masks, style, opacity), _request_folder() / "overlay.png")
+    return _saved(_draw(_display(image.pixels), prediction, truth, style, opacity), _request_folder() / "overlay.png")
 
 
 # --------------------------------------------------------------------------------------------------- examples
@@ -307,10 +314,6 @@ class Example(NamedTuple):
     mask: str  # its ground-truth mask, 0/255 PNG
     thumbnail: str  # the image with the ground truth's contour
     caption: str
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())  # "QaTa-COV19", "qata_cov19" -> "qatacov19"
 
 
 def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
@@ -335,7 +338,7 @@ def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
             image = out / dataset.name / Path(row["image"]["path"]).name
             image.write_bytes(row["image"]["bytes"])
             truth = binary_mask(row["mask"], "mask").numpy()
-            thumbnail = _draw(_display(read_image(image).pixels, THUMBNAIL_SIDE), [(truth, TRUTH_COLOUR)], "contour", 1.0)
+            thumbnail = _draw(_display(read_image(image).pixels, THUMBNAIL_SIDE), None, truth)
             examples.append(Example(
                 str(image), row["text"], _saved(row["mask"], image.with_name(f"{row['id']}_truth.png")),
                 _saved(thumbnail, image.with_name(f"{row['id']}_thumbnail.png")), f"{dataset.name} {row['id']}: {row['text']}"))

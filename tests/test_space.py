@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO_ROOT, SHARED_DATA, save_tiny_model
+from PIL import Image
 from test_predict import png_bytes, png_header_only, write_dicom, write_format_zoo
+
 from tmca_hf.model_card import write_model_card
 
 
@@ -359,7 +359,7 @@ def test_server_tells_requests_beyond_the_queue_that_it_is_full(app, samples_dir
 
 
 def test_server_keeps_serving_after_bad_inputs(client, bad_files):
-    for case, (path, report, message) in bad_files.items():
+    for path, report, message in bad_files.values():
         with pytest.raises(gradio_client.exceptions.AppError, match=message):
             _ask(client, path, report)
     oversized = bad_files["emoji-only-report"][0].with_name("oversized.png")

@@ -45,7 +45,8 @@ from tmca_hf.metrics import SegmentationMetrics  # noqa: E402
 
 logger = logging.getLogger("tmca.space")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parent
+REPO_ROOT = APP_DIR.parent
 DEFAULT_MODELS = (REPO_ROOT / "models" / "tmca-qata-cov19", REPO_ROOT / "outputs" / "tmca-qata-sample")
 QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full
 DISPLAY_SIDE = 1024  # the overlay and heatmaps are drawn at most this large; the mask file keeps the original size
@@ -318,13 +319,14 @@ class Example(NamedTuple):
 
 def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
     """
-    Validation examples of the datasets in `samples_dir` (default: the repository's `samples/`) that the model was
-    trained on (folder names matched to `trained_on` ignoring case and punctuation), read by `load_tmca_dataset`.
-    Their files are written to a new temporary folder.
+    Validation examples, read by `load_tmca_dataset`, of the datasets in `samples_dir` (default: `samples/` in the
+    repository, or beside app.py on a Space) that the model was trained on (folder names matched to `trained_on`
+    ignoring case and punctuation). Their files are written to a new temporary folder.
     """
-    folder = Path(samples_dir) if samples_dir else REPO_ROOT / "samples"
+    folders = [Path(samples_dir)] if samples_dir else [REPO_ROOT / "samples", APP_DIR / "samples"]
+    folder = next((folder for folder in folders if folder.is_dir()), None)
     wanted = {_key(name) for name in trained_on}
-    datasets_found = sorted(p for p in folder.iterdir() if p.is_dir() and _key(p.name) in wanted) if folder.is_dir() else []
+    datasets_found = sorted(p for p in folder.iterdir() if p.is_dir() and _key(p.name) in wanted) if folder else []
     out, examples = Path(tempfile.mkdtemp(prefix="tmca-examples-")), []
     for dataset in datasets_found:
         try:

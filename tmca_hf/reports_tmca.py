@@ -15,10 +15,9 @@ image's left is the *patient's right*, and clinicians write the patient's side. 
 [`swap_laterality`] maps one into the other (the map is its own inverse) and [`convert_laterality`] applies it when
 two conventions differ. Only the whole words *left* and *right* change (case kept: Left -> Right, LEFT -> RIGHT;
 "left-sided" -> "right-sided"); "left and right" (both sides) stays, and so do *bilateral*, *leftover* and
-abbreviations such as "lt"/"rt". In a
-QaTa-style clause pair "<zones> left lung and <zones> right lung" the clauses are put back in the order of the input
-(left first stays left first), so "all left lung and lower right lung" becomes "lower left lung and all right lung",
-the wording the model was trained on, and swapping twice gives the input back.
+abbreviations such as "lt"/"rt". In a QaTa-style clause pair "<zones> left lung and <zones> right lung" the clauses
+are put back in the order of the input (left first stays left first), so "all left lung and lower right lung" becomes
+"lower left lung and all right lung", the wording the model was trained on, and swapping twice gives the input back.
 
 Reports from masks
 ------------------
@@ -58,7 +57,9 @@ lesion, located in center of the image", "two small, medium lesions, located in 
 count, the sizes present (each component's share of the image: small < 8.5 %, medium < 30 %, large; the thresholds
 that separate medvlsm's size words on Kvasir-SEG) and the position of each component (largest first, repeats left
 out): where the centre of its bounding box falls on a 3 x 3 grid of the image (left/center/right by thirds of the
-width, top/center/bottom by thirds of the height). The noun is `target` ("lesion" by default, e.g. "polyp"). An empty mask gives "no <target>".
+width, top/center/bottom by thirds of the height). The noun is `target` ("lesion" by default, e.g. "polyp"). An
+empty mask gives "no <target>". Against medvlsm's p6 prompts of the Kvasir-SEG train split (798): the count agrees
+for 85 %, the size words for 96 %, the positions for 64 % (medvlsm's own grid is not in thirds).
 
 Reports written this way bootstrap text for new data (to train or try TMCA); they describe only where the mask is,
 and do not replace a clinician's report.

@@ -10,11 +10,13 @@ The model loads once, with `AutoModel` / `AutoProcessor` and `trust_remote_code=
 """
 
 import argparse
+import atexit
 import functools
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -321,13 +323,14 @@ def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
     """
     Validation examples, read by `load_tmca_dataset`, of the datasets in `samples_dir` (default: `samples/` in the
     repository, or beside app.py on a Space) that the model was trained on (folder names matched to `trained_on`
-    ignoring case and punctuation). Their files are written to a new temporary folder.
+    ignoring case and punctuation). Their files are written to a new temporary folder, removed at exit.
     """
     folders = [Path(samples_dir)] if samples_dir else [REPO_ROOT / "samples", APP_DIR / "samples"]
     folder = next((folder for folder in folders if folder.is_dir()), None)
     wanted = {_key(name) for name in trained_on}
     datasets_found = sorted(p for p in folder.iterdir() if p.is_dir() and _key(p.name) in wanted) if folder else []
-    out, examples = Path(tempfile.mkdtemp(prefix="tmca-examples-")), []
+    out, examples = Path(tempfile.mkdtemp(prefix="tmca-examples-")), []  # outside gradio's cache: never expired
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     for dataset in datasets_found:
         try:
             split = load_tmca_dataset(dataset, splits=["validation"])["validation"]

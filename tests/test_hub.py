@@ -61,7 +61,7 @@ def test_remote_code_files_import_only_torch_and_transformers():
     need), each other, and pydicom lazily inside a function (DICOM support is optional)."""
     allowed = {"torch", "transformers", "PIL", "numpy"} | set(sys.stdlib_module_names)
     package = os.path.dirname(sys.modules["tmca_hf"].__file__)
-    for name in REMOTE_CODE_FILES | {"imaging_tmca.py"}:
+    for name in REMOTE_CODE_FILES | {"imaging_tmca.py", "reports_tmca.py"}:
         tree = ast.parse(open(os.path.join(package, name)).read())
         top_level = {id(node) for node in tree.body}
         for node in ast.walk(tree):

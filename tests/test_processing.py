@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_IMAGE_SIZE, tiny_processor
 from PIL import Image
 
-from tmca_hf import TmcaImageProcessor
+from tmca_hf import TmcaImageProcessor, TmcaProcessor
 
 
 SIZE = TINY_IMAGE_SIZE
@@ -127,3 +127,16 @@ def test_keyword_overrides_merge_over_the_processor_defaults(processor):
     assert processor(images=[image, image], text=reports, padding="longest")["input_ids"].shape[1] < default.shape[1]
     assert processor(images=[image, image], text=reports, max_length=5)["input_ids"].shape[1] == 5
     assert processor(images=[image, image], text=reports, text_kwargs={"max_length": 6})["input_ids"].shape[1] == 6
+
+
+def test_laterality_maps_a_patient_side_report_to_the_models_convention(processor, tmp_path):
+    image = Image.new("L", (64, 64))
+    assert processor.report_laterality == "image"  # QaTa-COV19's reports name the image's side
+    as_patient = processor(images=image, text="lower left lung.", laterality="patient")["input_ids"]
+    assert torch.equal(as_patient, processor(images=image, text="lower right lung.")["input_ids"])
+    assert torch.equal(processor(images=image, text="lower left lung.", laterality="image")["input_ids"],
+                       processor(images=image, text="lower left lung.")["input_ids"])
+    processor.save_pretrained(tmp_path)
+    assert TmcaProcessor.from_pretrained(tmp_path).report_laterality == "image"
+    with pytest.raises(ValueError, match="report_laterality must be one of"):
+        TmcaProcessor(processor.image_processor, processor.tokenizer, report_laterality="left")

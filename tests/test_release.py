@@ -32,6 +32,14 @@ for name in sys.argv[3:]:
             outputs = model(**processor(images=image, text=text))
         mask = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0].numpy() == 1
         result[key][name] = float(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
+image = Image.open(f"{samples}/images/covid_3015.png")  # a unilateral report: "... lower left lung."
+report = open(f"{samples}/reports/covid_3015.txt").read().strip()
+result["left_half_share"] = {}
+for laterality in ("image", "patient"):
+    with torch.inference_mode():
+        outputs = model(**processor(images=image, text=report, laterality=laterality))
+    mask = processor.post_process_semantic_segmentation(outputs)[0].numpy()
+    result["left_half_share"][laterality] = float(mask[:, : mask.shape[1] // 2].sum() / max(mask.sum(), 1))
 result["imported_tmca_hf"] = any(module.startswith("tmca_hf") for module in sys.modules)
 print(json.dumps(result))
 """
@@ -61,3 +69,6 @@ def test_release_loads_offline_through_remote_code_and_segments_validation_sampl
     assert all(dice >= 0.7 for dice in result["dice"].values()), result["dice"]
     # Trained with text dropout, it also segments without a report (the Space and tmca-predict say it is less reliable).
     assert all(dice >= 0.5 for dice in result["dice_without_report"].values()), result["dice_without_report"]
+    # Read as the patient's side (as clinicians write), "left lung" is the image's right: the mask moves across.
+    shares = result["left_half_share"]
+    assert shares["image"] > 0.5 and shares["patient"] < 0.2, shares

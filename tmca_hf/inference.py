@@ -1,6 +1,6 @@
 """Inference helpers shared by the Gradio Space (`space/app.py`) and `tmca-predict` (`tmca_hf/predict.py`): report
 checks, model loading and batched prediction. Images are read by `tmca_hf.imaging_tmca` (the module every saved model
-ships); `read_image`, `ImageReadError` and `to_display_rgb` are re-exported here for the Space.
+ships).
 """
 
 import os
@@ -12,10 +12,6 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
-
-# Absolute, not relative: the Space still loads this file through its symlink space/tmca_inference.py, and takes
-# these names from here.
-from tmca_hf.imaging_tmca import ImageReadError, read_image, to_display_rgb  # noqa: F401
 
 
 # The trained model this repository releases (present in a clone of it; the default of tmca-predict and the Space).
@@ -149,7 +145,7 @@ def check_threshold(threshold) -> float:
 @torch.inference_mode()
 def predict(model, processor, images: Sequence[np.ndarray], reports: Sequence[Optional[str]], threshold: float = 0.5):
     """
-    Segment a batch: `images` as returned by `read_image(...).pixels`, `reports` checked by `check_report` (`None`
+    Segment a batch: `images` as returned by `imaging_tmca.read_image(...).pixels`, `reports` checked by `check_report` (`None`
     for text-free inference). Images with and without a report run as two sub-batches (the processor takes text for
     all images or none). Returns one `Prediction` per image, masks at each image's original size.
     """

@@ -1,5 +1,8 @@
 """TMCA model configuration."""
 
+import math
+import numbers
+
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
@@ -35,6 +38,24 @@ def _as_config(value, default: dict) -> PretrainedConfig:
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"Unknown sub-config model_type {model_type!r}: expected one of transformers' model types.")
     return CONFIG_MAPPING[model_type](**value)
+
+
+def _as_calibration(value):
+    """`None`, or `consistency_calibration` as a list of two finite floats [a, b]."""
+    if value is None:
+        return None
+    pair = list(value) if isinstance(value, (list, tuple)) else None
+    if (
+        pair is None
+        or len(pair) != 2
+        or not all(isinstance(number, numbers.Real) and not isinstance(number, bool) for number in pair)
+        or not all(math.isfinite(float(number)) for number in pair)
+    ):
+        raise ValueError(
+            f"consistency_calibration must be None or two finite numbers [a, b] (score = sigmoid(a * s + b)), "
+            f"got {value!r}."
+        )
+    return [float(number) for number in pair]
 
 
 class TmcaConfig(PretrainedConfig):
@@ -101,6 +122,11 @@ class TmcaConfig(PretrainedConfig):
             path starts.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
+        consistency_calibration (`list[float]`, *optional*):
+            `[a, b]` of the logistic calibration of the report-image consistency score: `outputs.consistency =
+            sigmoid(a * s + b)`, s the mean over alignment levels of the cosine between the report embedding and
+            the predicted target embedding. Fitted on a validation split (`benchmarks/consistency_auroc.py
+            --calibrate`); `a` is normally positive. `None` (default): the score is the uncalibrated `(s + 1) / 2`.
     """
 
     model_type = "tmca"
@@ -133,6 +159,7 @@ class TmcaConfig(PretrainedConfig):
         pixel_alignment_weight=1.0,
         cross_attention_init=0.01,
         initializer_range=0.02,
+        consistency_calibration=None,
         **kwargs,
     ):
         self.backbone_config = _as_config(backbone_config, DEFAULT_BACKBONE_CONFIG)
@@ -162,6 +189,7 @@ class TmcaConfig(PretrainedConfig):
         self.pixel_alignment_weight = pixel_alignment_weight
         self.cross_attention_init = cross_attention_init
         self.initializer_range = initializer_range
+        self.consistency_calibration = _as_calibration(consistency_calibration)
         super().__init__(num_labels=num_labels, **kwargs)
         self._validate_tmca()
 

@@ -48,6 +48,17 @@ class TmcaSegmentationOutput(ModelOutput):
             Weighted sum over levels of the image-report contrastive terms alone.
         pixel_alignment_loss (`torch.FloatTensor`, returned when `labels` are given and levels exist):
             Weighted sum over levels of the dense pixel-text terms alone.
+        consistency (`torch.FloatTensor` of shape `(batch_size,)` in [0, 1], returned when a report is given and the
+            model has alignment levels): how well the report matches the image (see `report_consistency`). At each
+            alignment level, the cosine between the report embedding u and the embedding of the *predicted* target
+            region (V_s pooled with `sigmoid(logits)` downsampled by area to the level's size), averaged over levels
+            into s; then `sigmoid(a * s + b)` with `(a, b) = config.consistency_calibration`, a probability that the
+            report matches the image (fitted on a validation split by `benchmarks/consistency_auroc.py
+            --calibrate`). Without a calibration (`None`, the default) it is the uncalibrated `(s + 1) / 2`: it
+            ranks pairs but is not a probability. `None` without a report (text-free inference: there is nothing to
+            compare), for models without alignment levels (no joint report-pixel space to measure in) and for
+            `num_labels != 1` (no single predicted target region). In training mode, samples whose report text
+            dropout replaced by the null text score NaN. Detached: it never changes the logits or the losses.
     """
 
     loss: torch.FloatTensor | None = None
@@ -57,6 +68,7 @@ class TmcaSegmentationOutput(ModelOutput):
     alignment_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     pixel_alignment_loss: torch.FloatTensor | None = None
+    consistency: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -248,6 +260,27 @@ def _masked_mean_embedding(embeddings: torch.Tensor, weights: torch.Tensor) -> t
     """L2-normalised weighted mean over pixels. embeddings (B, d, h, w), weights (B, 1, h, w) -> (B, d)."""
     pooled = (embeddings * weights).sum((2, 3)) / (weights.sum((2, 3)) + 1e-6)
     return F.normalize(pooled, dim=-1)
+
+
+@torch.no_grad()
+def report_consistency(logits: torch.Tensor, alignments: list, calibration=None) -> torch.Tensor:
+    """
+    Report-image consistency, (B,) in [0, 1]: at each alignment level the cosine between the report embedding u and
+    the predicted target embedding (V_s pooled with sigmoid(logits) area-downsampled to the level, as TSSD pools v+
+    with the true mask), averaged over levels into s; then sigmoid(a * s + b) for `calibration = (a, b)`, or
+    (s + 1) / 2 without one. Detached, in float32, with no host sync. logits (B, 1, H, W).
+    """
+    probabilities = logits.detach().float().sigmoid()
+    cosines = []
+    for alignment in alignments:
+        weights = F.interpolate(probabilities, size=alignment.pixel_embeddings.shape[-2:], mode="area")
+        target = _masked_mean_embedding(alignment.pixel_embeddings.detach().float(), weights)  # (B, d)
+        cosines.append((target * alignment.text_embeddings.detach().float()).sum(-1))
+    mean_cosine = torch.stack(cosines).mean(0)  # s, (B,)
+    if calibration is None:
+        return (mean_cosine + 1) / 2
+    slope, intercept = calibration
+    return torch.sigmoid(slope * mean_cosine + intercept)
 
 
 def target_sensitive_contrastive_loss(
@@ -607,10 +640,17 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         if labels is not None:
             losses = self._loss(logits, masks, text, alignments)
         maps = {alignment.stride: alignment.similarity_logits.sigmoid() for alignment in alignments}
+        consistency = None
+        if input_ids is not None and alignments and self.config.num_labels == 1:
+            consistency = report_consistency(logits, alignments, self.config.consistency_calibration)
+            consistency = consistency.where(text.has_report, float("nan"))  # NaN only where text dropout hit
         output = TmcaSegmentationOutput(
-            logits=logits, alignment_maps=tuple(maps[stride] for stride in self.config.alignment_levels), **losses
+            logits=logits,
+            alignment_maps=tuple(maps[stride] for stride in self.config.alignment_levels),
+            **losses,
+            consistency=consistency,
         )
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["TmcaPreTrainedModel", "TmcaForImageSegmentation", "TmcaSegmentationOutput"]
+__all__ = ["TmcaPreTrainedModel", "TmcaForImageSegmentation", "TmcaSegmentationOutput", "report_consistency"]

@@ -53,6 +53,7 @@ DEFAULT_MODELS = (REPO_ROOT / "models" / "tmca-qata-cov19", REPO_ROOT / "outputs
 QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full
 DISPLAY_SIDE = 1024  # the overlay and heatmaps are drawn at most this large; the mask file keeps the original size
 THUMBNAIL_SIDE = 256
+CONSISTENCY_WARNING = 0.5  # below this the Space warns that the report may not match the image
 PREDICTION_COLOUR, TRUTH_COLOUR = (255, 45, 85), (40, 220, 90)
 # Perceptually ordered colours (inferno-like) for the alignment heatmaps: dark = the report does not point here.
 HEATMAP_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
@@ -244,7 +245,7 @@ def _truth(ground_truth, shape: tuple, notes: list) -> Optional[np.ndarray]:
 
 
 @_user_errors
-def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour", opacity=0.5):
+def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour", opacity=0.5, laterality="patient"):
     """
     Segment one image guided by its report.
 
@@ -254,11 +255,13 @@ def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour
         threshold: probability above which a pixel is lesion.
         ground_truth: optional ground-truth mask (PIL image) of the same size: the Dice of the prediction is given.
         style, opacity: how the overlay draws the lesion: "contour" or "filled", opacity in [0, 1].
+        laterality: whose left and right the report names: "patient" (as clinicians write; the default) or "image".
 
     Returns:
-        `(overlay, mask_file, alignment_maps, dice, lesion_pixels, lesion_percent, latency_ms, notes)`: paths of the
-        overlay PNG and of the binary mask PNG (original size, 0/255), a list of (heatmap path, caption), the numbers
-        as text ("" for a Dice without ground truth), and Markdown notes. Every file is new, in a folder of its own.
+        `(overlay, mask_file, alignment_maps, dice, lesion_pixels, lesion_percent, latency_ms, consistency, notes)`:
+        paths of the overlay PNG and of the binary mask PNG (original size, 0/255), a list of (heatmap path,
+        caption), the numbers as text ("" for a Dice without ground truth or a consistency without a report), and
+        Markdown notes. Every file is new, in a folder of its own.
     """
     loaded = _model()
     name = Path(image_path).name
@@ -269,9 +272,13 @@ def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour
     notes = list(image.notes) + ([f"Removed {removed} control character(s) (NUL, ...) from the report."] if removed else [])
     checked = check_report(cleaned, loaded.processor, loaded.text_free)
     started = time.perf_counter()
-    prediction = predict(loaded.model, loaded.processor, [image.pixels], [checked.text], threshold)[0]
+    prediction = predict(loaded.model, loaded.processor, [image.pixels], [checked.text], threshold, laterality)[0]
     latency_ms = (time.perf_counter() - started) * 1000.0
     notes += checked.notes
+    consistency = "" if prediction.consistency is None else f"{prediction.consistency:.2f}"
+    if prediction.consistency is not None and prediction.consistency < CONSISTENCY_WARNING:
+        notes.append(f"The report may not match the image (consistency {consistency}, below "
+                     f"{CONSISTENCY_WARNING}): check the report, and its side convention.")
     truth = _truth(ground_truth, prediction.mask.shape, notes)
     dice = ""
     if truth is not None:
@@ -291,10 +298,11 @@ def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour
     percent = 100.0 * prediction.area_fraction
     summary = (f"**{name}**: {width}x{height} pixels, threshold {threshold:g}. Lesion: {prediction.lesion_pixels:,} "
                f"pixels ({percent:.2f} % of the image)" + (f", Dice {dice} against the ground truth" if dice else "")
-               + f". Prediction took {latency_ms:.0f} ms on {loaded.model.device.type.upper()}.")
+               + f". Prediction took {latency_ms:.0f} ms on {loaded.model.device.type.upper()}."
+               + (f" The report matches the image: {consistency}." if consistency else ""))
     notes_markdown = "\n".join([summary] + [f"- {note}" for note in notes])
     return (overlay, mask_file, maps, dice, str(prediction.lesion_pixels), f"{percent:.3f}", f"{latency_ms:.1f}",
-            notes_markdown)
+            consistency, notes_markdown)
 
 
 @_user_errors
@@ -375,6 +383,10 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                 report = gr.Textbox(label="Report", lines=3, elem_id="report", placeholder=(
                     "e.g. bilateral pulmonary infection, two infected areas, middle lower left lung"
                     + (" (leave empty for a text-free prediction)" if loaded and loaded.text_free else "")))
+                laterality = gr.Radio(
+                    [("the patient's (as clinicians write)", "patient"), ("the image's", "image")], value="patient",
+                    label=f"Left and right in the report are ... (the model was trained on reports naming "
+                          f"{loaded.processor.report_laterality if loaded else 'image'} sides)", elem_id="laterality")
                 threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (lesion probability)")
                 truth = gr.Image(label="Ground-truth mask (optional, after the image): the Dice of the prediction",
                                  type="pil", image_mode=None, format="png", sources=["upload"], height=160, elem_id="truth")
@@ -388,7 +400,8 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                 with gr.Row():
                     numbers = [gr.Textbox(label=label, interactive=False, elem_id=elem_id) for label, elem_id in (
                         ("Dice vs ground truth", "dice"), ("Lesion area (pixels)", "lesion-pixels"),
-                        ("Lesion area (% of image)", "lesion-percent"), ("Prediction latency (ms)", "latency"))]
+                        ("Lesion area (% of image)", "lesion-percent"), ("Prediction latency (ms)", "latency"),
+                        ("Report matches the image (0-1)", "consistency"))]
                 mask_file = gr.File(label="Binary mask (PNG at the original size, 0 / 255)", interactive=False,
                                     elem_id="mask-file")
                 notes = gr.Markdown(elem_id="notes")
@@ -414,7 +427,7 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
             gallery.select(pick_example, None, [image, report, truth, *outputs], api_visibility="private")
         image.upload(lambda: [None] + clear(), None, [truth, *outputs], api_visibility="private")
         gr.on([button.click, report.submit], clear, None, outputs, queue=False, api_visibility="private").then(
-            segment, [image, report, threshold, truth, style, opacity], outputs, api_name="segment",
+            segment, [image, report, threshold, truth, style, opacity, laterality], outputs, api_name="segment",
             concurrency_limit=1)  # one prediction at a time: the model and its tokenizer are shared
         gr.on([style.change, opacity.release], redraw, [image, mask_file, truth, style, opacity], overlay,
               api_name="redraw")

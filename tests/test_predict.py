@@ -147,6 +147,8 @@ def test_predict_folder_writes_masks_and_summary(model_dir, image_folder, tmp_pa
         assert entry["area_fraction"] == pytest.approx(entry["lesion_pixels"] / mask.size, abs=1e-6)
     assert entries["case_b.png"]["report"] == "one infected area in the left lung"
     assert entries["case_c.dcm"]["text_free"] and not entries["case_a.png"]["text_free"]
+    assert 0 <= entries["case_a.png"]["consistency"] <= 1 and entries["case_c.dcm"]["consistency"] is None
+    assert summary["laterality"] == summary["model_laterality"] == "image"
     totals = summary["totals"]
     assert totals["images"] == 3 and totals["failed"] == 0 and summary["failed"] == []
     assert totals["lesion_pixels"] == sum(entry["lesion_pixels"] for entry in entries.values())
@@ -436,3 +438,15 @@ def test_predict_missing_model_is_a_clear_error(image_folder, tmp_path, capsys):
     images, reports = image_folder
     assert _run(tmp_path / "no-such-model", images, reports, tmp_path / "out") == 2
     assert "No TMCA model at" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_predict_maps_patient_side_reports_to_the_models_convention(model_dir, image_folder, tmp_path):
+    images, reports = image_folder
+    as_given, as_patient = tmp_path / "image", tmp_path / "patient"
+    assert _run(model_dir, images, reports, as_given) == 0
+    assert _run(model_dir, images, reports, as_patient, "--laterality", "patient") == 0
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (as_given, as_patient)]
+    assert summaries[1]["laterality"] == "patient" and summaries[1]["model_laterality"] == "image"
+    scores = [{entry["file"]: entry["consistency"] for entry in summary["images"]} for summary in summaries]
+    assert scores[0]["case_a.png"] == scores[1]["case_a.png"], "a bilateral report reads the same on both sides"
+    assert scores[0]["case_b.png"] != scores[1]["case_b.png"], "'left lung' became 'right lung'"

@@ -144,7 +144,8 @@ def bad_files(tmp_path_factory) -> dict:
 
 
 def _check_result(result, image_size, levels):
-    overlay, mask_path, gallery, dice, pixels, percent, latency_ms, notes = result
+    overlay, mask_path, gallery, dice, pixels, percent, latency_ms, consistency, notes = result
+    assert consistency == "" or 0 <= float(consistency) <= 1
     mask = np.asarray(Image.open(mask_path))
     assert mask.shape == image_size and set(np.unique(mask)) <= {0, 255}
     assert int(pixels) == int((mask == 255).sum()) and float(percent) == pytest.approx(100 * int(pixels) / mask.size, abs=1e-3)
@@ -194,6 +195,14 @@ def test_segment_reports(app, tmp_path, monkeypatch):
     with_nul, without = app.segment(str(path), "right lung\x00 infection", 0.5), app.segment(str(path), "right lung infection", 0.5)
     assert "Removed 1 control character(s)" in with_nul[-1] and "control character" not in without[-1]
     assert with_nul[4] == without[4]  # the same report reached the model
+    # Issue 10: the report's side convention is mapped to the model's, and the consistency score is shown and warned on.
+    as_patient = app.segment(str(path), "one infected area, lower left lung.", 0.5, None, "contour", 0.5, "patient")
+    as_image = app.segment(str(path), "one infected area, lower left lung.", 0.5, None, "contour", 0.5, "image")
+    assert as_patient[7] != as_image[7] and 0 <= float(as_image[7]) <= 1  # "left" became "right" for the model
+    assert f"The report matches the image: {as_image[7]}" in as_image[-1]
+    monkeypatch.setattr(app, "CONSISTENCY_WARNING", 1.01)
+    assert "may not match the image" in app.segment(str(path), "lower left lung.", 0.5)[-1]
+    assert app.segment(str(path), "", 0.5)[7] == ""  # no report, nothing to compare
     monkeypatch.setattr(app.MODEL.model.config, "text_dropout", 0.0)  # now a model that needs a report
     with pytest.raises(gr.Error, match="The report is empty, and this model needs one"):
         app.segment(str(path), "  ", 0.5)

@@ -36,10 +36,14 @@ class CheckedReport:
 
 @dataclass
 class Prediction:
-    """A binary mask at the image's original size and the model's alignment maps (stride -> (h, w) in [0, 1])."""
+    """
+    A binary mask at the image's original size, the model's alignment maps (stride -> (h, w) in [0, 1]) and the
+    report-image consistency (`outputs.consistency`: None without a report or for a model without alignment levels).
+    """
 
     mask: np.ndarray  # (H, W) bool
     alignment_maps: dict  # {stride: (h_s, w_s) float32}
+    consistency: Optional[float] = None
 
     @property
     def lesion_pixels(self) -> int:
@@ -143,11 +147,16 @@ def check_threshold(threshold) -> float:
 
 
 @torch.inference_mode()
-def predict(model, processor, images: Sequence[np.ndarray], reports: Sequence[Optional[str]], threshold: float = 0.5):
+def predict(
+    model, processor, images: Sequence[np.ndarray], reports: Sequence[Optional[str]], threshold: float = 0.5,
+    laterality: Optional[str] = None,
+):
     """
-    Segment a batch: `images` as returned by `imaging_tmca.read_image(...).pixels`, `reports` checked by `check_report` (`None`
-    for text-free inference). Images with and without a report run as two sub-batches (the processor takes text for
-    all images or none). Returns one `Prediction` per image, masks at each image's original size.
+    Segment a batch: `images` as returned by `imaging_tmca.read_image(...).pixels`, `reports` checked by
+    `check_report` (`None` for text-free inference), `laterality` the side convention the reports are written in
+    ("patient" or "image"; default: the model's own). Images with and without a report run as two sub-batches (the
+    processor takes text for all images or none). Returns one `Prediction` per image, masks at each image's original
+    size.
     """
     if len(images) != len(reports):
         raise ValueError(f"Got {len(reports)} reports for {len(images)} images; expected one per image.")
@@ -162,17 +171,20 @@ def predict(model, processor, images: Sequence[np.ndarray], reports: Sequence[Op
             images=[images[index] for index in indices],
             text=[reports[index] for index in indices] if with_text else None,
             return_tensors="pt",
+            laterality=laterality,
         ).to(model.device)
         outputs = model(**batch)
         sizes = [images[index].shape[:2] for index in indices]
         masks = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, threshold=threshold)
         maps = outputs.alignment_maps or ()
+        consistency = getattr(outputs, "consistency", None)  # models saved before the score have no such output
         for position, index in enumerate(indices):
             predictions[index] = Prediction(
                 mask=masks[position].cpu().numpy().astype(bool),
                 alignment_maps={
                     stride: level_map[position, 0].float().cpu().numpy() for stride, level_map in zip(levels, maps)
                 },
+                consistency=None if consistency is None else round(float(consistency[position]), 4),
             )
     return predictions
 

@@ -26,7 +26,8 @@ flat, medvlsm, saved, parquet, Hub); with `--skip_invalid` its invalid examples 
 
 Output, only inside `OUT`: one mask PNG per image, the original size, 0 (background) / 255 (lesion), named by
 `MASK_NAMING` (also recorded in summary.json); `OUT/summary.json` with the per-image file, mask, report, size, lesion
-pixels and area fraction, the skipped examples, the totals and the timing. An existing non-empty `OUT` is only written
+pixels, area fraction and report-image consistency (0-1, how well the report matches the image; null without a
+report), the laterality convention used, the skipped examples, the totals and the timing. An existing non-empty `OUT` is only written
 to with `--overwrite` (which first removes the masks a previous run listed in its summary.json).
 
 Exit status: 0 when every image was segmented, 1 when some images could not be read (they are listed on stderr and in
@@ -399,7 +400,7 @@ def run(args) -> int:
             if batch:
                 tick = time.perf_counter()
                 predictions = predict(model, processor, [image.pixels for image in loaded],
-                                      [report.text for _, report in batch], threshold)
+                                      [report.text for _, report in batch], threshold, args.laterality)
                 model_seconds += time.perf_counter() - tick
                 for (item, report), image, prediction in zip(batch, loaded, predictions):
                     _write_mask(output_dir / item.mask_name, prediction.mask)
@@ -409,6 +410,7 @@ def run(args) -> int:
                         "text_free": report.text is None, "report_truncated": report.truncated,
                         "height": height, "width": width, "lesion_pixels": prediction.lesion_pixels,
                         "area_fraction": round(prediction.area_fraction, 6),
+                        "consistency": prediction.consistency,
                     })
             progress.update(len(items[start : start + args.batch_size]))
 
@@ -417,6 +419,8 @@ def run(args) -> int:
         "model": str(args.model),
         "source": source,
         "threshold": threshold,
+        "laterality": args.laterality or processor.report_laterality,
+        "model_laterality": processor.report_laterality,
         "device": str(model.device),
         "mask_naming": MASK_NAMING,
         "images": results,
@@ -470,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip_invalid", action="store_true", help="leave out and list invalid examples (with --dataset)")
     parser.add_argument("--output_dir", required=True, help="folder for the masks and summary.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (default 0.5)")
+    parser.add_argument(
+        "--laterality", choices=["patient", "image"], default=None,
+        help="whose left and right the reports name: 'patient' (as clinicians write) or 'image'; they are mapped to "
+        "the model's convention (default: the model's own, no change)",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -10,7 +10,7 @@ from .configuration_efficientnet_lite import EfficientNetLiteConfig
 
 ALIGNMENT_STRIDES = (4, 8, 16)
 
-# Shapes of the lineage's encoders (method.md, section 1): ConvNeXt-Tiny and CXR-BERT.
+# Shapes of the lineage's encoders (docs/method.md section 1): ConvNeXt-Tiny and CXR-BERT.
 DEFAULT_BACKBONE_CONFIG = {
     "model_type": "convnext",
     "depths": [3, 3, 9, 3],

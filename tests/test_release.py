@@ -72,3 +72,15 @@ def test_release_loads_offline_through_remote_code_and_segments_validation_sampl
     # Read as the patient's side (as clinicians write), "left lung" is the image's right: the mask moves across.
     shares = result["left_half_share"]
     assert shares["image"] > 0.5 and shares["patient"] < 0.2, shares
+
+
+def test_readme_snippet_runs_on_the_release_under_inference_mode(tmp_path):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Use a trained model"):]
+    snippet = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 3)]
+    assert "torch.inference_mode()" in snippet and "models/tmca-qata-cov19" in snippet
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    check = "\nassert tuple(mask.shape) == (image.height, image.width) and 0 < int(mask.sum()) < mask.numel()\n"
+    completed = subprocess.run([sys.executable, "-c", snippet + check], cwd=REPO_ROOT, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]

@@ -53,6 +53,8 @@ def test_two_step_run_writes_a_loadable_folder_with_model_card(tmp_path):
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["evaluation"][0]["num_images"] == 4
     assert "Serve it:" in output and not (tmp_path / "run-checkpoints" / "best").exists()
+    for noise in ("Writing model shards", "Loading weights", "INFO accelerate", "deprecated", "Deleting"):
+        assert noise not in output, f"the run printed {noise!r}: one bar and one line per epoch is enough"
     assert not (folder / "checkpoints").exists(), "the resumable checkpoints belong beside the model folder"
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert log and all(record["images_per_second"] > 0 and 0 <= record["data_wait_fraction"] < 1 for record in log)

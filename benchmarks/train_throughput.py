@@ -21,9 +21,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from tmca_hf.data import RandomZoom, TmcaSegmentationCollator, load_tmca_dataset
+from tmca_hf.data import load_tmca_dataset
 from tmca_hf.encoders import from_pretrained_encoders
-from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit
+from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit, RandomZoom, TmcaSegmentationCollator
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

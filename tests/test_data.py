@@ -1,4 +1,5 @@
-"""Tests for tmca_hf.data: layout readers, checks, saving, augmentation, collator, CLI, samples, real data."""
+"""Tests for tmca_hf.data: layout readers, checks, saved/parquet/Hub inputs, CLI, samples, real data. Saving and
+pushing: test_dataset_publishing.py; the collator and RandomZoom: test_training_data.py."""
 
 import json
 import warnings
@@ -7,21 +8,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tmca_hf import data
-from tmca_hf.data import (
-    DatasetValidationError,
-    RandomZoom,
-    TmcaSegmentationCollator,
-    detect_layout,
-    load_tmca_dataset,
-    make_dataset_card,
-    normalize_split_name,
-    push_tmca_dataset,
-    save_tmca_dataset,
-)
+from tmca_hf.data import DatasetValidationError, detect_layout, load_tmca_dataset, normalize_split_name
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -308,48 +298,7 @@ def test_binary_mask_rule(tmp_path, mask, kept):
         assert "mask is not binary" in dd.invalid_examples[0].reason
 
 
-# ------------------------------------------------------------------------------------------------ saving
-
-
-@pytest.mark.parametrize("format", ["arrow", "parquet"])
-def test_save_and_load_round_trip(tmp_path, format):
-    source = load_tmca_dataset(make_flat(tmp_path / "flat"))
-    (tmp_path / "flat" / "README.md").write_text("Made from QaTa-COV19 with LViT reports.")
-    source = load_tmca_dataset(tmp_path / "flat")
-    output = save_tmca_dataset(source, tmp_path / "out", format=format)
-    assert detect_layout(output) == ("disk" if format == "arrow" else "parquet")
-    loaded = load_tmca_dataset(output)
-    assert list(loaded) == ["train", "validation"]
-    for split in source:
-        for column in ("id", "text"):
-            assert loaded[split][column] == source[split][column]
-        for left, right in zip(loaded[split], source[split]):
-            assert np.array_equal(np.asarray(left["mask"]), np.asarray(right["mask"]))
-            assert np.array_equal(np.asarray(left["image"]), np.asarray(right["image"]))
-    assert "degerli2021covid" in loaded["train"].info.citation and "li2023lvit" in loaded["train"].info.citation
-    if format == "parquet":
-        assert (output / "data" / "train-00000-of-00001.parquet").is_file() and (output / "README.md").is_file()
-        hub_style = datasets.load_dataset(str(output), cache_dir=str(tmp_path / "cache"))  # what Hub users do
-        assert hub_style["validation"]["id"] == ["b0", "b1"] and hub_style["train"].features == data.FEATURES
-
-
-def test_refuses_to_overwrite(tmp_path):
-    dd = load_tmca_dataset(make_flat(tmp_path / "flat"))
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not empty; pass overwrite=True"):
-        save_tmca_dataset(dd, tmp_path / "busy")
-    with pytest.raises(FileExistsError, match="does not look like a dataset saved"):
-        save_tmca_dataset(dd, tmp_path / "busy", overwrite=True)
-    assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
-    save_tmca_dataset(dd, tmp_path / "out")
-    save_tmca_dataset(datasets.DatasetDict({"train": dd["train"]}), tmp_path / "out", format="parquet", overwrite=True)
-    assert list(load_tmca_dataset(tmp_path / "out")) == ["train"]
-    on_disk = load_tmca_dataset(save_tmca_dataset(dd, tmp_path / "disk"))
-    with pytest.raises(ValueError, match="the dataset being saved is read from it"):
-        save_tmca_dataset(on_disk, tmp_path / "disk", overwrite=True)
-    (tmp_path / "empty").mkdir()
-    save_tmca_dataset(dd, tmp_path / "empty")  # an empty folder is fine
+# ------------------------------------------------------------------------------------------------ saved datasets
 
 
 def test_saved_dataset_with_other_column_names(tmp_path):
@@ -385,104 +334,6 @@ def test_saved_dataset_masks_are_checked_and_normalised(tmp_path):
     with pytest.warns(UserWarning):
         loaded = load_tmca_dataset(tmp_path / "hub_like", text_column="caption", skip_invalid=True)
     assert loaded["validation"]["id"] == ["m0", "m1"] and values(loaded["validation"][1]["mask"]) == {0, 255}
-
-
-def test_dataset_card(tmp_path):
-    from huggingface_hub import DatasetCard
-
-    dd = load_tmca_dataset(SAMPLES / "kvasir_seg")
-    card = make_dataset_card(dd, repo_id="someone/kvasir-tmca")
-    metadata = DatasetCard(card).data
-    assert metadata.license == "other" and metadata.task_categories == ["image-segmentation"]
-    assert metadata.size_categories == ["n<1K"] and metadata.pretty_name == "kvasir-tmca"
-    for expected in ("| train | 6 |", "| validation | 4 |", "255 = lesion", "Research use only", "jha2020kvasir",
-                     "poudel2024exploring", "MIT licence", 'load_dataset("someone/kvasir-tmca")', "medvlsm prompt p6"):
-        assert expected in card
-
-
-def test_push_uploads_the_card_then_the_data(monkeypatch):
-    calls = []
-
-    class FakeApi:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, repo_type, private, exist_ok):
-            calls.append(("create_repo", repo_id, repo_type, private))
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, repo_type, commit_message):
-            calls.append(("upload_file", path_in_repo, path_or_fileobj.decode()))
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    def fake_push_to_hub(self, repo_id, **kwargs):
-        calls.append(("push", repo_id, kwargs))
-
-    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push_to_hub)
-    dd = load_tmca_dataset(SAMPLES / "qata_cov19")
-    push_tmca_dataset(dd, "someone/qata-sample", private=True)
-    assert [call[0] for call in calls] == ["create_repo", "upload_file", "push"]
-    assert calls[0] == ("create_repo", "someone/qata-sample", "dataset", True)
-    assert calls[1][1] == "README.md" and "degerli2021covid" in calls[1][2] and "| train | 40 |" in calls[1][2]
-    assert calls[2][2]["private"] is True
-
-
-# ------------------------------------------------------------------------------------------------ training
-
-
-def paired_example(size: int = 40):
-    """An RGB image whose red channel is the mask, so alignment is visible after any geometric change."""
-    mask = np.zeros((size, size), np.uint8)
-    mask[5:17, 20:33] = 255
-    image = np.stack([mask, np.full_like(mask, 90), np.full_like(mask, 30)], -1)
-    return Image.fromarray(image), Image.fromarray(mask)
-
-
-def test_random_zoom_keeps_image_and_mask_aligned():
-    image, mask = paired_example()
-    zoom = RandomZoom(scale=(1.2, 1.2), generator=torch.Generator().manual_seed(0))
-    zoomed_image, zoomed_mask = zoom(image, mask)
-    assert zoomed_image.size == image.size and zoomed_mask.size == mask.size and zoomed_mask.mode == "L"
-    assert values(zoomed_mask) <= {0, 255}
-    assert not np.array_equal(np.asarray(zoomed_mask), np.asarray(mask))  # it did zoom
-    red = np.asarray(zoomed_image)[..., 0] > 127
-    assert (red == (np.asarray(zoomed_mask) > 127)).mean() > 0.98  # same window for both
-    assert (np.asarray(zoomed_mask) > 0).sum() > (np.asarray(mask) > 0).sum()  # a zoom in enlarges the lesion
-
-
-def test_random_zoom_is_reproducible_and_validates():
-    image, mask = paired_example()
-    first, second = (RandomZoom(scale=(1.1, 1.5), generator=torch.Generator().manual_seed(3)) for _ in range(2))
-    draws = [[np.asarray(zoom(image, mask)[1]) for _ in range(3)] for zoom in (first, second)]
-    assert all(np.array_equal(a, b) for a, b in zip(*draws))
-    assert not all(np.array_equal(draws[0][0], other) for other in draws[0][1:])  # successive draws differ
-    numpy_zoom = RandomZoom(generator=np.random.default_rng(5))
-    assert numpy_zoom(image, mask)[1].size == mask.size
-    identity = RandomZoom(scale=(1.0, 1.0))
-    assert np.array_equal(np.asarray(identity(image, mask)[0]), np.asarray(image))
-    with pytest.raises(ValueError, match="scale"):
-        RandomZoom(scale=(0.8, 1.2))
-    with pytest.raises(ValueError, match="image is 40x40 but its mask is 20x20"):
-        identity(image, mask.resize((20, 20)))
-
-
-def test_collator_builds_a_model_batch():
-    from conftest import TINY_IMAGE_SIZE, tiny_processor
-
-    dd = load_tmca_dataset(SAMPLES / "qata_cov19", splits=["validation"])
-    rows = [dd["validation"][index] for index in range(3)]
-    zoom = RandomZoom(generator=torch.Generator().manual_seed(0))
-    collator = TmcaSegmentationCollator(tiny_processor(), augment=zoom, return_ids=True)
-    batch = collator(rows)
-    assert batch["pixel_values"].shape == (3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
-    assert batch["labels"].shape == (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
-    assert set(batch["labels"].unique().tolist()) <= {0.0, 1.0} and batch["labels"].sum() > 0
-    assert batch["input_ids"].shape == (3, 16) and batch["ids"] == [row["id"] for row in rows]
-    assert "ids" not in TmcaSegmentationCollator(tiny_processor())(rows)
-    with pytest.raises(KeyError, match="remove_unused_columns=False"):
-        TmcaSegmentationCollator(tiny_processor())([{"pixel_values": 0}])
 
 
 # ------------------------------------------------------------------------------------------------ command line

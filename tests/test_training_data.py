@@ -1,12 +1,14 @@
 """train.py's input path: splits decoded once by the processor, the batched zoom, and the text encoder run once."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, tiny_config, tiny_processor
+from PIL import Image
 
 from tmca_hf import TmcaForImageSegmentation
 from tmca_hf.data import load_tmca_dataset
-from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit
+from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit, RandomZoom, TmcaSegmentationCollator
 
 
 SAMPLES = REPO_ROOT / "samples" / "qata_cov19"
@@ -76,3 +78,59 @@ def test_cached_report_states_give_the_same_output_as_the_text_encoder(sample_sp
     torch.testing.assert_close(with_cache.loss, without_cache.loss)
     with pytest.raises(ValueError, match="text_hidden_states has shape"):
         model(**{**cached, "text_hidden_states": cached["text_hidden_states"][:, :3]})
+
+
+# ------------------------------------------------------------------------------------------------ row by row (Trainer)
+
+
+def paired_example(size: int = 40):
+    """An RGB image whose red channel is the mask, so alignment is visible after any geometric change."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[5:17, 20:33] = 255
+    image = np.stack([mask, np.full_like(mask, 90), np.full_like(mask, 30)], -1)
+    return Image.fromarray(image), Image.fromarray(mask)
+
+
+def test_random_zoom_keeps_image_and_mask_aligned():
+    image, mask = paired_example()
+    zoom = RandomZoom(scale=(1.2, 1.2), generator=torch.Generator().manual_seed(0))
+    zoomed_image, zoomed_mask = zoom(image, mask)
+    assert zoomed_image.size == image.size and zoomed_mask.size == mask.size and zoomed_mask.mode == "L"
+    assert set(np.unique(np.asarray(zoomed_mask)).tolist()) <= {0, 255}
+    assert not np.array_equal(np.asarray(zoomed_mask), np.asarray(mask))  # it did zoom
+    red = np.asarray(zoomed_image)[..., 0] > 127
+    assert (red == (np.asarray(zoomed_mask) > 127)).mean() > 0.98  # same window for both
+    assert (np.asarray(zoomed_mask) > 0).sum() > (np.asarray(mask) > 0).sum()  # a zoom in enlarges the lesion
+
+
+def test_random_zoom_is_reproducible_and_validates():
+    image, mask = paired_example()
+    first, second = (RandomZoom(scale=(1.1, 1.5), generator=torch.Generator().manual_seed(3)) for _ in range(2))
+    draws = [[np.asarray(zoom(image, mask)[1]) for _ in range(3)] for zoom in (first, second)]
+    assert all(np.array_equal(a, b) for a, b in zip(*draws))
+    assert not all(np.array_equal(draws[0][0], other) for other in draws[0][1:])  # successive draws differ
+    numpy_zoom = RandomZoom(generator=np.random.default_rng(5))
+    assert numpy_zoom(image, mask)[1].size == mask.size
+    identity = RandomZoom(scale=(1.0, 1.0))
+    assert np.array_equal(np.asarray(identity(image, mask)[0]), np.asarray(image))
+    with pytest.raises(ValueError, match="scale"):
+        RandomZoom(scale=(0.8, 1.2))
+    with pytest.raises(ValueError, match="image is 40x40 but its mask is 20x20"):
+        identity(image, mask.resize((20, 20)))
+
+
+def test_collator_builds_a_model_batch():
+    from conftest import TINY_IMAGE_SIZE, tiny_processor
+
+    dd = load_tmca_dataset(SAMPLES, splits=["validation"])
+    rows = [dd["validation"][index] for index in range(3)]
+    zoom = RandomZoom(generator=torch.Generator().manual_seed(0))
+    collator = TmcaSegmentationCollator(tiny_processor(), augment=zoom, return_ids=True)
+    batch = collator(rows)
+    assert batch["pixel_values"].shape == (3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    assert batch["labels"].shape == (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    assert set(batch["labels"].unique().tolist()) <= {0.0, 1.0} and batch["labels"].sum() > 0
+    assert batch["input_ids"].shape == (3, 16) and batch["ids"] == [row["id"] for row in rows]
+    assert "ids" not in TmcaSegmentationCollator(tiny_processor())(rows)
+    with pytest.raises(KeyError, match="remove_unused_columns=False"):
+        TmcaSegmentationCollator(tiny_processor())([{"pixel_values": 0}])

@@ -25,6 +25,9 @@ out, a warning gives their number, and the returned DatasetDict's `invalid_examp
 Reports: LViT/GuideDecoder tables are matched to files by name without extension and without a `mask_` prefix;
 medvlsm records give their report through `prompt_key` (default "p6", the richest single sentence; p7-p9 hold
 lists of sentences, of which the first is used, so the text stays deterministic).
+
+Saving, pushing and the dataset card are in `tmca_hf.dataset_publishing`; the `Trainer` collator and the zoom
+augmentation (`TmcaSegmentationCollator`, `RandomZoom`) in `tmca_hf.training_data`.
 """
 
 import argparse
@@ -33,9 +36,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,9 +47,9 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
 
+from .dataset_publishing import push_tmca_dataset, save_tmca_dataset
 from .imaging_tmca import MASK_THRESHOLD, ImageReadError, open_image, read_image, threshold_mask
 
 
@@ -62,8 +63,6 @@ FEATURES = datasets.Features(
 )
 LAYOUTS = ("lvit", "flat", "medvlsm", "disk", "parquet", "hub")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MAX_PARQUET_SHARD_BYTES = 500 << 20
-MAX_ROW_GROUP_BYTES = 100 << 20
 SPLIT_FOLDER = r"(train|val|valid|validation|dev|test)(_folder)?"  # LViT/GuideDecoder split folder names
 
 LAYOUT_HELP = """\
@@ -221,14 +220,13 @@ def _parallel_map(function, items: list) -> list:
 
 
 def _in_memory_dataset(rows: list, info: datasets.DatasetInfo) -> datasets.Dataset:
-    """Rows of encoded image/mask bytes -> an in-memory Dataset. A random fingerprint spares `from_dict` hashing
-    every image byte (seconds for thousands of images); the data is new, so there is no cache to reuse anyway."""
-    columns = FEATURES.encode_batch({name: [row[name] for row in rows] for name in FEATURES})
-    table = pa.Table.from_pydict(columns, schema=FEATURES.arrow_schema)
+    """Rows of encoded image/mask bytes -> an in-memory Dataset with the four columns and `info`'s provenance. Nothing
+    is written to disk (no cache files); `from_dict` fingerprints it by hashing its bytes (~40 ms per 1,000 QaTa
+    images)."""
     info = info.copy()
     info.features = FEATURES
-    fingerprint = datasets.fingerprint.generate_random_fingerprint()
-    return datasets.Dataset(datasets.table.InMemoryTable(table), info=info, fingerprint=fingerprint)
+    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    return datasets.Dataset.from_dict(columns, features=FEATURES, info=info)
 
 
 def _build_split(examples: list, threshold: int, info: datasets.DatasetInfo):
@@ -606,13 +604,14 @@ def _read_parquet_folder(root: Path) -> datasets.DatasetDict:
             continue
         tables = [pq.read_table(path, memory_map=True) for path in paths]
         metadata = json.loads((tables[0].schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {})
+        table = pa.concat_tables(tables, promote_options="default")  # zero-copy, as is from_dict below
         info = datasets.DatasetInfo(
             description=metadata.get("description", ""),
             citation=metadata.get("citation", ""),
             license=metadata.get("license", ""),
+            features=datasets.Features.from_arrow_schema(table.schema),  # Image columns, from the parquet metadata
         )
-        table = datasets.table.InMemoryTable(pa.concat_tables(tables, promote_options="default"))
-        splits[split] = datasets.Dataset(table, info=info)
+        splits[split] = datasets.Dataset.from_dict({name: table[name] for name in table.column_names}, info=info)
     if not splits:
         raise ValueError(f"No parquet shards named by split found in {root} (e.g. data/train-00000-of-00001.parquet).")
     return datasets.DatasetDict(splits)
@@ -746,301 +745,6 @@ def _check_wanted(source, wanted, found) -> None:
         raise ValueError(f"No splits found in {source}.")
 
 
-# ------------------------------------------------------------------------------------------------ saving
-
-
-def _is_saved_dataset(folder: Path) -> bool:
-    """A folder that save_tmca_dataset (or save_to_disk) wrote: the only kind overwrite=True may delete."""
-    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
-        return True
-    names = {path.name for path in folder.iterdir()}
-    data = folder / "data"
-    return names <= {"data", "README.md"} and data.is_dir() and all(p.suffix == ".parquet" for p in data.iterdir())
-
-
-def _prepare_output(output_dir: Path, overwrite: bool, dataset_dict) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
-            )
-        if not _is_saved_dataset(output_dir):
-            raise FileExistsError(
-                f"{output_dir} is not empty and does not look like a dataset saved by save_tmca_dataset "
-                f"(dataset_dict.json, or data/*.parquet); refusing to delete it even with overwrite=True."
-            )
-    resolved = output_dir.resolve()
-    for dataset in dataset_dict.values():
-        for cache_file in dataset.cache_files:
-            if resolved in Path(cache_file["filename"]).resolve().parents:
-                raise ValueError(f"Cannot overwrite {output_dir}: the dataset being saved is read from it.")
-
-
-def _write_parquet_split(dataset: datasets.Dataset, folder: Path, split: str) -> None:
-    """Shards of at most ~500 MB, row groups of at most ~100 MB, with features and provenance in the metadata."""
-    num_shards = max(1, math.ceil(dataset.data.nbytes / MAX_PARQUET_SHARD_BYTES))
-    rows_per_group = max(1, len(dataset) * MAX_ROW_GROUP_BYTES // max(dataset.data.nbytes, 1))
-    info = {
-        "features": dataset.features.to_dict(),
-        "description": dataset.info.description,
-        "citation": dataset.info.citation,
-        "license": dataset.info.license,
-    }
-    arrow = dataset.with_format("arrow")
-    for index in range(num_shards):
-        shard = arrow.shard(num_shards, index, contiguous=True)[:]
-        shard = shard.replace_schema_metadata({"huggingface": json.dumps({"info": info})})
-        path = folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
-        pq.write_table(shard, path, row_group_size=rows_per_group)
-
-
-def save_tmca_dataset(
-    dataset_dict: datasets.DatasetDict,
-    output_dir: Union[str, os.PathLike],
-    format: str = "arrow",
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """
-    Save a TMCA `DatasetDict`: `format="arrow"` writes `save_to_disk` (fast to reload, keeps provenance);
-    `format="parquet"` writes `data/<split>-00000-of-0000N.parquet` shards and a README dataset card, the layout the
-    Hub uses (`load_dataset(output_dir)` and [`load_tmca_dataset`] read it). An existing non-empty `output_dir` is
-    only replaced with `overwrite=True`; the new copy is written beside it first and then moved in place.
-    """
-    if format not in ("arrow", "parquet"):
-        raise ValueError(f"format={format!r}; expected 'arrow' or 'parquet'.")
-    if not isinstance(dataset_dict, datasets.DatasetDict):
-        raise TypeError(f"Expected a datasets.DatasetDict, got {type(dataset_dict).__name__}.")
-    output_dir = Path(output_dir)
-    _prepare_output(output_dir, overwrite, dataset_dict)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    written = staging / "dataset"
-    try:
-        if format == "arrow":
-            dataset_dict.save_to_disk(str(written))
-        else:
-            (written / "data").mkdir(parents=True)
-            for split, dataset in dataset_dict.items():
-                _write_parquet_split(dataset, written / "data", split)
-            (written / "README.md").write_text(make_dataset_card(dataset_dict), encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(written, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
-
-
-def _size_category(count: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if count < limit:
-            return name
-    return "n>1M"
-
-
-def make_dataset_card(
-    dataset_dict: datasets.DatasetDict, repo_id: Optional[str] = None, pretty_name: Optional[str] = None
-) -> str:
-    """
-    A Hub dataset card (README.md with YAML metadata) for a TMCA `DatasetDict`: split sizes, columns, the mask
-    convention, the source description, licences and citations that [`load_tmca_dataset`] recorded in the
-    splits' `DatasetInfo` (from the source folder's README), and the research-use note.
-    """
-    from huggingface_hub import DatasetCardData
-
-    first = next(iter(dataset_dict.values()))
-    name = pretty_name or (repo_id.split("/")[-1] if repo_id else "TMCA image-report-mask dataset")
-    total = sum(len(split) for split in dataset_dict.values())
-    metadata = DatasetCardData(
-        pretty_name=name,
-        license="other",
-        language=["en"],
-        task_categories=["image-segmentation"],
-        size_categories=[_size_category(total)],
-        tags=["medical", "language-guided-segmentation", "tmca"],
-    )
-    rows = "\n".join(f"| {split} | {len(dataset):,} |" for split, dataset in dataset_dict.items())
-    load_name = repo_id or "<repo_id or folder>"
-    licences = first.info.license.strip() or "Not recorded: add the licences of the original sources."
-    citation = first.info.citation.strip() or "Not recorded: add the citations of the original sources."
-    description = first.info.description.strip() or "Not recorded."
-    return f"""---
-{metadata.to_yaml()}
----
-
-# {name}
-
-Image, report and lesion-mask triplets for language-guided medical image segmentation (TMCA, `tmca-hf`).
-
-## Dataset structure
-
-| split | examples |
-| --- | --- |
-{rows}
-
-Columns:
-- `image` (Image): the image, as in the source (gray or RGB);
-- `mask` (Image): single-channel PNG, 0 = background, 255 = lesion (same size as the image);
-- `text` (string): the report that guides the segmentation;
-- `id` (string): the example's name in the source.
-
-```python
-from datasets import load_dataset
-dataset = load_dataset("{load_name}")
-# or, with tmca-hf (checks masks and reports): tmca_hf.data.load_tmca_dataset("{load_name}")
-```
-
-## Source
-
-{description}
-
-## Licence
-
-The images, masks and reports keep the licences of their original sources:
-
-{licences}
-
-## Intended use
-
-Research use only; not for clinical decisions.
-
-## Citation
-
-```bibtex
-{citation}
-```
-"""
-
-
-def push_tmca_dataset(
-    dataset_dict: datasets.DatasetDict,
-    repo_id: str,
-    private: bool = False,
-    card: Optional[str] = None,
-    *,
-    token: Optional[str] = None,
-):
-    """
-    Push a TMCA `DatasetDict` to a Hub dataset repo as parquet, with a dataset card (`card`, or
-    [`make_dataset_card`]'s). The card goes up first; `push_to_hub` then adds its `dataset_info`/`configs`
-    metadata to it. Returns the commit info of the data upload.
-    """
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
-    card_text = card if card is not None else make_dataset_card(dataset_dict, repo_id=repo_id)
-    api.upload_file(
-        path_or_fileobj=card_text.encode("utf-8"),
-        path_in_repo="README.md",
-        repo_id=repo_id,
-        repo_type="dataset",
-        commit_message="Add dataset card",
-    )
-    return dataset_dict.push_to_hub(repo_id, private=private, token=token)
-
-
-# ------------------------------------------------------------------------------------------------ training
-
-
-def _uniform(generator) -> float:
-    if isinstance(generator, np.random.Generator):
-        return float(generator.random())
-    return float(torch.rand((), generator=generator))
-
-
-class RandomZoom:
-    """
-    The lineage's light zoom augmentation (method section 6), applied jointly to an image and its mask: a window of
-    1/s the image's width and height (s uniform in `scale`) at a random position is resized back to the full size,
-    bicubic for the image and nearest for the mask, so both stay aligned and the mask stays binary.
-
-    Args:
-        scale (`tuple[float, float]`, defaults to (1.0, 1.2)): zoom factor range; 1.0 keeps the whole image.
-        p (`float`, defaults to 1.0): probability of zooming at all.
-        generator: a `torch.Generator` or `numpy.random.Generator` for reproducible draws. The default (None) uses
-            torch's global generator, which DataLoader seeds differently in each worker; a generator passed here
-            is copied into every worker, which then repeat the same draws.
-    """
-
-    def __init__(self, scale=(1.0, 1.2), p: float = 1.0, generator=None):
-        low, high = float(scale[0]), float(scale[1])
-        if not 1.0 <= low <= high:
-            raise ValueError(f"scale={scale} must satisfy 1.0 <= min <= max (a zoom in, never out).")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p={p} must lie in [0, 1].")
-        if generator is not None and not isinstance(generator, (torch.Generator, np.random.Generator)):
-            raise TypeError(
-                f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}."
-            )
-        self.scale, self.p, self.generator = (low, high), p, generator
-
-    def __call__(self, image: Image.Image, mask: Image.Image):
-        if image.size != mask.size:
-            raise ValueError(
-                f"image is {image.size[0]}x{image.size[1]} but its mask is {mask.size[0]}x{mask.size[1]}."
-            )
-        if self.p < 1.0 and _uniform(self.generator) >= self.p:
-            return image, mask
-        zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * _uniform(self.generator)
-        width, height = image.size
-        crop_width, crop_height = max(1, round(width / zoom)), max(1, round(height / zoom))
-        left = math.floor(_uniform(self.generator) * (width - crop_width + 1))
-        top = math.floor(_uniform(self.generator) * (height - crop_height + 1))
-        box = (left, top, left + crop_width, top + crop_height)
-        return (
-            image.resize(image.size, Image.Resampling.BICUBIC, box=box),
-            mask.resize(mask.size, Image.Resampling.NEAREST, box=box),
-        )
-
-    def __repr__(self) -> str:
-        return f"RandomZoom(scale={self.scale}, p={self.p})"
-
-
-class TmcaSegmentationCollator:
-    """
-    Turns dataset rows (dicts with PIL `image`, PIL `mask`, the report and `id`) into a model batch:
-    `processor(images=..., text=..., segmentation_maps=..., return_tensors="pt")`, after the optional joint
-    augmentation (e.g. [`RandomZoom`]). With `Trainer`, set `remove_unused_columns=False`, or the image/mask/text
-    columns are dropped before they reach the collator.
-
-    Args:
-        processor ([`TmcaProcessor`]): prepares images, masks and reports.
-        augment (callable, *optional*): `(image, mask) -> (image, mask)`, applied to each row (training only).
-        text_column (`str`, defaults to "text"): the report column.
-        return_ids (`bool`, defaults to False): also return `ids` (a list of strings; the model's forward does not
-            take it, so pop it before calling the model).
-    """
-
-    def __init__(self, processor, augment=None, text_column: str = "text", return_ids: bool = False):
-        self.processor, self.augment, self.text_column, self.return_ids = processor, augment, text_column, return_ids
-
-    def __call__(self, rows: list):
-        if not rows:
-            raise ValueError("TmcaSegmentationCollator got an empty batch.")
-        missing = [name for name in ("image", "mask", self.text_column) if name not in rows[0]]
-        if missing:
-            raise KeyError(
-                f"Dataset rows lack {missing} (they have {sorted(rows[0])}); with Trainer set "
-                f"remove_unused_columns=False, and pass text_column= when the reports are not in 'text'."
-            )
-        pairs = [(row["image"], row["mask"]) for row in rows]
-        if self.augment is not None:
-            pairs = [self.augment(image, mask) for image, mask in pairs]
-        batch = self.processor(
-            images=[image for image, _ in pairs],
-            text=[row[self.text_column] for row in rows],
-            segmentation_maps=[mask for _, mask in pairs],
-            return_tensors="pt",
-        )
-        if self.return_ids:
-            batch["ids"] = [row.get("id") for row in rows]
-        return batch
-
-
 # ------------------------------------------------------------------------------------------------ command line
 
 
@@ -1149,15 +853,10 @@ def main(argv=None) -> int:
 __all__ = [
     "DatasetValidationError",
     "InvalidExample",
-    "RandomZoom",
-    "TmcaSegmentationCollator",
     "detect_layout",
     "load_split",
     "load_tmca_dataset",
-    "make_dataset_card",
     "normalize_split_name",
-    "push_tmca_dataset",
-    "save_tmca_dataset",
     "skipped_message",
 ]
 

@@ -6,10 +6,17 @@ second; PIL workers feed a few hundred). Here the processor decodes each split o
 batch is an index into those tensors, the light zoom of the method (section 6) runs on the batch where the model runs
 (`BatchedRandomZoom`), and the reports, which repeat (153 distinct ones over 5,713 QaTa-COV19 training images), are
 tokenised once and, while the text encoder is frozen, encoded once (`DecodedSplit.encode_reports`).
+
+For `Trainer` users and row-by-row pipelines, `TmcaSegmentationCollator` turns dataset rows into a model batch through
+the processor, after the optional zoom of each row with PIL (`RandomZoom`).
 """
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -151,4 +158,102 @@ class DecodedSplit(Dataset):
         return batch
 
 
-__all__ = ["BatchedRandomZoom", "DecodedSplit"]
+# ------------------------------------------------------------------------------------------------ row by row (Trainer)
+
+
+def _uniform(generator) -> float:
+    if isinstance(generator, np.random.Generator):
+        return float(generator.random())
+    return float(torch.rand((), generator=generator))
+
+
+class RandomZoom:
+    """
+    The lineage's light zoom augmentation (method section 6), applied jointly to an image and its mask: a window of
+    1/s the image's width and height (s uniform in `scale`) at a random position is resized back to the full size,
+    bicubic for the image and nearest for the mask, so both stay aligned and the mask stays binary.
+
+    Args:
+        scale (`tuple[float, float]`, defaults to (1.0, 1.2)): zoom factor range; 1.0 keeps the whole image.
+        p (`float`, defaults to 1.0): probability of zooming at all.
+        generator: a `torch.Generator` or `numpy.random.Generator` for reproducible draws. The default (None) uses
+            torch's global generator, which DataLoader seeds differently in each worker; a generator passed here
+            is copied into every worker, which then repeat the same draws.
+    """
+
+    def __init__(self, scale=(1.0, 1.2), p: float = 1.0, generator=None):
+        low, high = float(scale[0]), float(scale[1])
+        if not 1.0 <= low <= high:
+            raise ValueError(f"scale={scale} must satisfy 1.0 <= min <= max (a zoom in, never out).")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p={p} must lie in [0, 1].")
+        if generator is not None and not isinstance(generator, (torch.Generator, np.random.Generator)):
+            raise TypeError(
+                f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}."
+            )
+        self.scale, self.p, self.generator = (low, high), p, generator
+
+    def __call__(self, image: Image.Image, mask: Image.Image):
+        if image.size != mask.size:
+            raise ValueError(
+                f"image is {image.size[0]}x{image.size[1]} but its mask is {mask.size[0]}x{mask.size[1]}."
+            )
+        if self.p < 1.0 and _uniform(self.generator) >= self.p:
+            return image, mask
+        zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * _uniform(self.generator)
+        width, height = image.size
+        crop_width, crop_height = max(1, round(width / zoom)), max(1, round(height / zoom))
+        left = math.floor(_uniform(self.generator) * (width - crop_width + 1))
+        top = math.floor(_uniform(self.generator) * (height - crop_height + 1))
+        box = (left, top, left + crop_width, top + crop_height)
+        return (
+            image.resize(image.size, Image.Resampling.BICUBIC, box=box),
+            mask.resize(mask.size, Image.Resampling.NEAREST, box=box),
+        )
+
+    def __repr__(self) -> str:
+        return f"RandomZoom(scale={self.scale}, p={self.p})"
+
+
+class TmcaSegmentationCollator:
+    """
+    Turns dataset rows (dicts with PIL `image`, PIL `mask`, the report and `id`) into a model batch:
+    `processor(images=..., text=..., segmentation_maps=..., return_tensors="pt")`, after the optional joint
+    augmentation (e.g. [`RandomZoom`]). With `Trainer`, set `remove_unused_columns=False`, or the image/mask/text
+    columns are dropped before they reach the collator.
+
+    Args:
+        processor ([`TmcaProcessor`]): prepares images, masks and reports.
+        augment (callable, *optional*): `(image, mask) -> (image, mask)`, applied to each row (training only).
+        text_column (`str`, defaults to "text"): the report column.
+        return_ids (`bool`, defaults to False): also return `ids` (a list of strings; the model's forward does not
+            take it, so pop it before calling the model).
+    """
+
+    def __init__(self, processor, augment=None, text_column: str = "text", return_ids: bool = False):
+        self.processor, self.augment, self.text_column, self.return_ids = processor, augment, text_column, return_ids
+
+    def __call__(self, rows: list):
+        if not rows:
+            raise ValueError("TmcaSegmentationCollator got an empty batch.")
+        missing = [name for name in ("image", "mask", self.text_column) if name not in rows[0]]
+        if missing:
+            raise KeyError(
+                f"Dataset rows lack {missing} (they have {sorted(rows[0])}); with Trainer set "
+                f"remove_unused_columns=False, and pass text_column= when the reports are not in 'text'."
+            )
+        pairs = [(row["image"], row["mask"]) for row in rows]
+        if self.augment is not None:
+            pairs = [self.augment(image, mask) for image, mask in pairs]
+        batch = self.processor(
+            images=[image for image, _ in pairs],
+            text=[row[self.text_column] for row in rows],
+            segmentation_maps=[mask for _, mask in pairs],
+            return_tensors="pt",
+        )
+        if self.return_ids:
+            batch["ids"] = [row.get("id") for row in rows]
+        return batch
+
+
+__all__ = ["BatchedRandomZoom", "DecodedSplit", "RandomZoom", "TmcaSegmentationCollator"]

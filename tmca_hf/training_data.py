@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 class BatchedRandomZoom:
     """
-    The lineage's light zoom augmentation (method section 6) for a batch of tensors on any device: for each image, a
+    The lineage's light zoom augmentation (docs/method.md section 6) for a batch of tensors on any device: for each image, a
     window of 1/s its height and width (s uniform in `scale`) at a uniform position is resized back to the full size,
     bilinear for the image and nearest for the mask, so the mask stays binary and aligned.
 
@@ -169,7 +169,7 @@ def _uniform(generator) -> float:
 
 class RandomZoom:
     """
-    The lineage's light zoom augmentation (method section 6), applied jointly to an image and its mask: a window of
+    The lineage's light zoom augmentation (docs/method.md section 6), applied jointly to an image and its mask: a window of
     1/s the image's width and height (s uniform in `scale`) at a random position is resized back to the full size,
     bicubic for the image and nearest for the mask, so both stay aligned and the mask stays binary.
 

@@ -1,6 +1,9 @@
 """Shared fixtures: tiny random TMCA models and processors (seconds to build), and the real data when present."""
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,20 @@ from tmca_hf.encoders import _offline_text_encoder_path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TINY_IMAGE_SIZE = 64
+
+
+def run_as_hub_user(script: str, *args, tmp_path: Path, python=sys.executable, timeout: int = 600):
+    """
+    Run `script` as a Hub user would: a fresh process outside the repository (so `tmca_hf` is not importable from
+    the working directory), its own empty HF_HOME, offline, quiet. Returns the finished process.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "HF_", "TRANSFORMERS_", "VIRTUAL_ENV"))}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    workdir = tmp_path / "hub_user"
+    workdir.mkdir(exist_ok=True)
+    return subprocess.run([str(python), "-c", textwrap.dedent(script), *map(str, args)], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def tiny_config(**overrides):

@@ -3,13 +3,12 @@
 import ast
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import torch
-from conftest import tiny_config, tiny_processor
+from conftest import run_as_hub_user, tiny_config, tiny_processor
 from transformers import AutoModel, AutoProcessor
 
 from tmca_hf import TmcaForImageSegmentation, TmcaProcessor
@@ -114,11 +113,7 @@ def test_clean_subprocess_rebuilds_the_same_model_from_remote_code(tmp_path):
         print("REMOTE-OK", type(model).__module__, text_free.shape)
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "HF_"))}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_as_hub_user(script, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK transformers_modules" in result.stdout
     assert (tmp_path / "hf_home" / "modules" / "transformers_modules").is_dir()

@@ -3,8 +3,6 @@ model; the same file reaches the model as the same tensor through the processor,
 tmca-predict, and tmca-predict --dataset scores what tmca-evaluate scores."""
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, save_tiny_model, tiny_processor
+from conftest import REPO_ROOT, run_as_hub_user, save_tiny_model, tiny_processor
 from PIL import Image
 from transformers.dynamic_module_utils import get_imports
 
@@ -99,11 +97,7 @@ def test_saved_folder_ships_the_module_and_loads_without_tmca_hf(model_dir, tmp_
         print("SHIPPED", [name for name in sys.modules if name.endswith(".imaging_tmca")])
         """
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHONPATH", "HF_"))}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_as_hub_user(script, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SHIPPED ['transformers_modules." in result.stdout
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_as_hub_user
 
 
 RELEASE = REPO_ROOT / "models" / "tmca-qata-cov19"
@@ -56,12 +56,7 @@ def test_release_folder_is_what_save_pretrained_writes_and_small():
 
 
 def test_release_loads_offline_through_remote_code_and_segments_validation_samples(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PYTHONPATH"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    completed = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_SEGMENT, str(RELEASE), str(SAMPLES), *VALIDATION_SAMPLES],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
+    completed = run_as_hub_user(LOAD_AND_SEGMENT, RELEASE, SAMPLES, *VALIDATION_SAMPLES, tmp_path=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert not result["imported_tmca_hf"], "the release must load through its own remote code"

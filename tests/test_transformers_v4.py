@@ -7,13 +7,11 @@ the repository. Without that venv the tests skip, except under CI, where its abs
 
 import json
 import os
-import subprocess
-import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config, tiny_processor
+from conftest import REPO_ROOT, run_as_hub_user, tiny_config, tiny_processor
 
 from tmca_hf import TmcaForImageSegmentation
 
@@ -99,26 +97,8 @@ def v4_python():
 
 def run_v4(python, script: str, folder, data, tmp_path) -> dict:
     """Run `script folder data out.pt` with the transformers-4 Python in a clean environment; return what it saved."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHONPATH", "HF_", "VIRTUAL_ENV"))}
-    env.update(
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_HUB_OFFLINE="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        TRANSFORMERS_VERBOSITY="error",
-        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-    )
-    workdir = tmp_path / "workdir"  # outside the repository: tmca_hf cannot be imported from there
-    workdir.mkdir()
     out = tmp_path / "v4_outputs.pt"
-    result = subprocess.run(
-        [str(python), "-c", textwrap.dedent(script), str(folder), str(data), str(out)],
-        check=False,
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_as_hub_user(script, folder, data, out, tmp_path=tmp_path, python=python)
     assert result.returncode == 0, f"transformers 4 could not load {folder.name}:\n{result.stderr[-4000:]}"
     outputs = torch.load(out, weights_only=False)
     assert outputs["version"].startswith("4."), f".venv-v4 has transformers {outputs['version']}, expected 4.x"

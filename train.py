@@ -268,9 +268,12 @@ class TrainingProgress:
         self.completed_steps, self.best = state["completed_steps"], state["best"]
 
 
+CHECKPOINT_COMPLETE = "custom_checkpoint_0.pkl"  # TrainingProgress: the last file Accelerate's save_state writes
+
+
 def latest_checkpoint(checkpoint_dir: Path):
-    """The newest complete checkpoint (Accelerate writes the custom state last), or None."""
-    complete = [path for path in (checkpoint_dir / "checkpoints").glob("checkpoint_*") if (path / "custom_checkpoint_0.pkl").exists()]
+    """The newest complete checkpoint, or None."""
+    complete = [path for path in (checkpoint_dir / "checkpoints").glob("checkpoint_*") if (path / CHECKPOINT_COMPLETE).exists()]
     return max(complete, key=lambda path: int(path.name.split("_")[1]), default=None)
 
 
@@ -287,7 +290,7 @@ def find_resume_checkpoint(args):
             )
         return checkpoint
     checkpoint = Path(args.resume_from_checkpoint)
-    if not (checkpoint / "custom_checkpoint_0.pkl").is_file():
+    if not (checkpoint / CHECKPOINT_COMPLETE).is_file():
         raise SystemExit(f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint of this script.")
     return checkpoint
 

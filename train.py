@@ -138,6 +138,8 @@ def parse_args(argv=None):
         args.encoder_learning_rate = args.learning_rate / 10
     if args.checkpointing_steps not in ("epoch", "none") and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps must be 'epoch', 'none' or an integer, got {args.checkpointing_steps!r}.")
+    if args.image_size % 32:
+        parser.error(f"--image_size must be a multiple of 32 (the backbone's coarsest stride), got {args.image_size}.")
     if args.checkpoint_dir is None:
         args.checkpoint_dir = f"{Path(args.output_dir)}-checkpoints"
     if args.push_to_hub and not args.hub_model_id:
@@ -148,8 +150,6 @@ def parse_args(argv=None):
 def config_overrides(args) -> dict:
     """The TmcaConfig fields the command line sets."""
     return dict(
-        image_size=args.image_size,
-        max_text_length=args.max_text_length,
         decoder_hidden_sizes=args.decoder_hidden_sizes,
         alignment_levels=args.alignment_levels,
         alignment_source=args.alignment_source,
@@ -217,7 +217,8 @@ def build_model(args):
             AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True),
         )
     model, processor = from_pretrained_encoders(
-        args.image_encoder, args.text_encoder, trust_remote_code=args.trust_remote_code, **config_overrides(args)
+        args.image_encoder, args.text_encoder, trust_remote_code=args.trust_remote_code,
+        image_size=args.image_size, max_text_length=args.max_text_length, **config_overrides(args),
     )
     if args.image_mean_std:
         mean_std = args.image_mean_std

@@ -185,10 +185,10 @@ def _text_image_inputs(image_size: int, text_length: int, **extra):
     return make_inputs
 
 
-def _tiny_tmca_config(image_size: int, text_length: int, **overrides):
+def _tiny_tmca_config(**overrides):
     from tmca_hf.testing_utils import tiny_config
 
-    return tiny_config(image_size=image_size, max_text_length=text_length, **overrides)
+    return tiny_config(**overrides)
 
 
 def _tiny_clipseg_config(image_size: int):
@@ -223,11 +223,7 @@ def model_specs(image_size: int, text_length: int, tiny: bool = False) -> dict[s
     clipseg_inputs = _text_image_inputs(image_size, text_length, interpolate_pos_encoding=True)
 
     def random_tmca(**overrides):
-        config = (
-            _tiny_tmca_config(image_size, text_length, **overrides)
-            if tiny
-            else TmcaConfig(image_size=image_size, max_text_length=text_length, **overrides)
-        )
+        config = _tiny_tmca_config(**overrides) if tiny else TmcaConfig(**overrides)
         return lambda: TmcaForImageSegmentation(config)
 
     def offline_tmca(**overrides):

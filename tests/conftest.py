@@ -34,7 +34,7 @@ def run_as_hub_user(script: str, *args, tmp_path: Path, python=sys.executable, t
 
 
 def tiny_config(**overrides):
-    return testing_utils.tiny_config(**{"image_size": TINY_IMAGE_SIZE, **overrides})
+    return testing_utils.tiny_config(**overrides)
 
 
 def tiny_processor(max_text_length: int = 16) -> TmcaProcessor:

@@ -252,8 +252,6 @@ def test_config_rejects_inconsistent_switches():
         tiny_config(alignment_levels=[])
     with pytest.raises(ValueError, match="strides among"):
         tiny_config(alignment_levels=[32])
-    with pytest.raises(ValueError, match="multiple of 32"):
-        tiny_config(image_size=100)
 
 
 def test_encoder_alignment_source_aligns_skip_features():
@@ -299,3 +297,13 @@ def test_loss_on_a_multi_label_model_is_refused_clearly():
         model(**batch)
     batch.pop("labels")
     assert model(**batch).logits.shape == (4, 3, SIZE, SIZE)
+
+
+def test_the_processor_is_the_one_source_of_input_size_and_report_length():
+    from tmca_hf import from_pretrained_encoders
+
+    with pytest.raises(ValueError, match="multiple of 32"):
+        from_pretrained_encoders(image_size=100)
+    model, processor = from_pretrained_encoders(image_size=96, max_text_length=12, alignment_levels=[], use_target_enhancement=False)
+    assert processor.image_processor.size == {"height": 96, "width": 96} and processor.max_text_length == 12
+    assert not hasattr(model.config, "image_size") and not hasattr(model.config, "max_text_length")

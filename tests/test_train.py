@@ -47,7 +47,8 @@ def test_two_step_run_writes_a_loadable_folder_with_model_card(tmp_path):
     folder = tmp_path / "run"
     model = AutoModel.from_pretrained(folder)
     processor = AutoProcessor.from_pretrained(folder)
-    assert model.config.image_size == 64 and processor.image_processor.size == {"height": 64, "width": 64}
+    assert processor.image_processor.size == {"height": 64, "width": 64} and processor.max_text_length == 24
+    assert model.config.alignment_levels == [16, 8, 4] and not hasattr(model.config, "image_size")
     card = (folder / "README.md").read_text()
     assert "library_name: transformers" in card and "dice_per_image" in card and "| report | 4 |" in card
     results = json.loads((folder / "eval_results.json").read_text())
@@ -122,4 +123,4 @@ def test_resuming_without_a_checkpoint_and_an_unwritable_output_say_so_in_one_li
 def test_two_cpu_processes_train_one_model(tmp_path):
     output = finish(launch("--max_train_steps", "2", "--output_dir", str(tmp_path / "ddp"), processes=2))
     model = AutoModel.from_pretrained(tmp_path / "ddp")
-    assert model.config.image_size == 64 and "total batch size 4" in output
+    assert model.config.decoder_hidden_sizes == [32, 16, 16, 8] and "total batch size 4" in output

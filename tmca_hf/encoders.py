@@ -67,6 +67,8 @@ def from_pretrained_encoders(
     image_encoder: str = OFFLINE_IMAGE_ENCODER,
     text_encoder: str = OFFLINE_TEXT_ENCODER,
     trust_remote_code: bool = False,
+    image_size: int = 224,
+    max_text_length: int = 24,
     **config_kwargs,
 ):
     """
@@ -76,11 +78,15 @@ def from_pretrained_encoders(
         image_encoder: `"efficientnet-lite0"` (offline), or a Hub id / local folder of a backbone-capable model.
         text_encoder: `"all-minilm-l6-v2"` (offline), or a Hub id / local folder of a BERT-family encoder.
         trust_remote_code: passed on when loading the text encoder (CXR-BERT needs it).
-        **config_kwargs: any [`TmcaConfig`] field (`image_size`, `alignment_levels`, `use_text`, ...).
+        image_size: side of the square input the processor prepares (a multiple of 32).
+        max_text_length: tokens per report the processor pads or cuts to.
+        **config_kwargs: any [`TmcaConfig`] field (`alignment_levels`, `use_text`, ...).
 
     Returns:
         `(model, processor)`, ready to train or to `save_pretrained` into one Hub-ready folder.
     """
+    if image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32 (the backbone's coarsest stride), got {image_size}.")
     backbone, image_mean, image_std = load_image_encoder(image_encoder)
     use_text = config_kwargs.get("use_text", True)
     # An image-only model still ships the tokenizer, so that its processor takes (and ignores) reports.
@@ -95,9 +101,9 @@ def from_pretrained_encoders(
     if text_model is not None:
         model.text_encoder.load_state_dict(text_model.state_dict())
     image_processor = TmcaImageProcessor(
-        size={"height": config.image_size, "width": config.image_size}, image_mean=image_mean, image_std=image_std
+        size={"height": image_size, "width": image_size}, image_mean=image_mean, image_std=image_std
     )
-    processor = TmcaProcessor(image_processor, tokenizer, max_text_length=config.max_text_length)
+    processor = TmcaProcessor(image_processor, tokenizer, max_text_length=max_text_length)
     return model, processor
 
 

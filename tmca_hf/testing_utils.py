@@ -3,7 +3,7 @@
 from .configuration_tmca import TmcaConfig
 
 
-def tiny_config(image_size: int = 64, max_text_length: int = 16, **overrides) -> TmcaConfig:
+def tiny_config(**overrides) -> TmcaConfig:
     """A TMCA config (ConvNeXt backbone, one-layer BERT) small enough to build and run in well under a second."""
     kwargs = dict(
         backbone_config={
@@ -23,8 +23,6 @@ def tiny_config(image_size: int = 64, max_text_length: int = 16, **overrides) ->
         decoder_hidden_sizes=[32, 16, 16, 8],
         decoder_num_attention_heads=2,
         alignment_dim=16,
-        image_size=image_size,
-        max_text_length=max_text_length,
     )
     kwargs.update(overrides)
     return TmcaConfig(**kwargs)

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite configuration (TMCA image encoder, method section 1)."""
+"""EfficientNet-Lite configuration (TMCA image encoder, docs/method.md section 1)."""
 
 from transformers import PretrainedConfig
 

@@ -10,7 +10,7 @@ from .configuration_efficientnet_lite import EfficientNetLiteConfig
 
 ALIGNMENT_STRIDES = (4, 8, 16)
 
-# Shapes of the lineage's encoders (method.md, section 1): ConvNeXt-Tiny and CXR-BERT.
+# Shapes of the lineage's encoders (docs/method.md section 1): ConvNeXt-Tiny and CXR-BERT.
 DEFAULT_BACKBONE_CONFIG = {
     "model_type": "convnext",
     "depths": [3, 3, 9, 3],
@@ -62,7 +62,8 @@ class TmcaConfig(PretrainedConfig):
     r"""
     Configuration of [`TmcaForImageSegmentation`]: TMCA (Target-informed Multi-level Contrastive Alignment), a
     language-guided segmenter for 2-D medical images (Li et al., arXiv 2412.13533). Every part of the method can be
-    switched off for ablations.
+    switched off for ablations. The input size and the report length belong to the processor (`TmcaProcessor`), the
+    one place that prepares inputs; the model takes any size that is a multiple of 32.
 
     Args:
         backbone_config (`dict` or `PretrainedConfig`, *optional*):
@@ -74,10 +75,6 @@ class TmcaConfig(PretrainedConfig):
             Width of the projected stride-32 feature and of the decoder stage outputs at strides 16, 8 and 4.
         decoder_num_attention_heads (`int`, *optional*, defaults to 4):
             Heads of the decoder's visual self-attention and text cross-attention.
-        max_text_length (`int`, *optional*, defaults to 24):
-            Reports are padded or cut to this many tokens.
-        image_size (`int`, *optional*, defaults to 224):
-            Side of the square input the model is trained at (a multiple of 32).
         num_labels (`int`, *optional*, defaults to 1):
             Output channels of the logits; 1 for a binary lesion mask.
         use_text (`bool`, *optional*, defaults to `True`):
@@ -137,8 +134,6 @@ class TmcaConfig(PretrainedConfig):
         text_config=None,
         decoder_hidden_sizes=(256, 128, 64, 32),
         decoder_num_attention_heads=4,
-        max_text_length=24,
-        image_size=224,
         num_labels=1,
         use_text=True,
         text_dropout=0.0,
@@ -166,8 +161,6 @@ class TmcaConfig(PretrainedConfig):
         self.text_config = _as_config(text_config, DEFAULT_TEXT_CONFIG)
         self.decoder_hidden_sizes = list(decoder_hidden_sizes)
         self.decoder_num_attention_heads = decoder_num_attention_heads
-        self.max_text_length = max_text_length
-        self.image_size = image_size
         self.use_text = use_text
         self.text_dropout = text_dropout
         self.freeze_text_encoder = freeze_text_encoder
@@ -223,8 +216,6 @@ class TmcaConfig(PretrainedConfig):
             )
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}.")
-        if self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 (the backbone's coarsest stride), got {self.image_size}.")
 
     @property
     def supports_text_free_inference(self) -> bool:

@@ -1,4 +1,4 @@
-"""PyTorch EfficientNet-Lite: the TMCA image encoder (method section 1) as a transformers backbone.
+"""PyTorch EfficientNet-Lite: the TMCA image encoder (docs/method.md section 1) as a transformers backbone.
 
 EfficientNet-Lite is EfficientNet without squeeze-excitation, with ReLU6 activations and with the stem and head
 widths kept fixed. Convolutions use TensorFlow "SAME" padding, as the converted ImageNet weights were trained

@@ -1,7 +1,7 @@
 """PyTorch TMCA: language-guided medical image segmentation with Target-informed Multi-level Contrastive Alignments.
 
 Li, Meng, Ye, Fulham, Bi, Kim, arXiv 2412.13533. The parts follow this project's reconstruction of the method
-(docs: method.md): a GuideDecoder-style language-guided decoder, target-sensitive semantic distance (TSSD),
+(docs/method.md in the repository): a GuideDecoder-style language-guided decoder, target-sensitive semantic distance (TSSD),
 multi-level contrastive alignment (MCA) and language-guided target enhancement (LTE).
 """
 
@@ -98,7 +98,7 @@ class TmcaLevelAlignment:
 
 
 class TmcaSinePositionEmbedding(nn.Module):
-    """The 2-D sinusoidal position code of the decoder's visual tokens (method section 2, step 1)."""
+    """The 2-D sinusoidal position code of the decoder's visual tokens (docs/method.md section 2, step 1)."""
 
     def __init__(self, dim: int, temperature: float = 10000.0):
         super().__init__()
@@ -133,7 +133,7 @@ class TmcaConvBlock(nn.Sequential):
 
 class TmcaDecoderStage(nn.Module):
     """
-    One stage of the language-guided decoder (method section 2, GuideDecoder shape): visual self-attention with a 2-D
+    One stage of the language-guided decoder (docs/method.md section 2, GuideDecoder shape): visual self-attention with a 2-D
     sine position code, cross-attention to the report tokens added with a learnable scale, then upsampling x2 and
     fusion with the encoder's skip feature. Without text (`use_text=False`) the cross-attention is absent.
     """
@@ -171,7 +171,7 @@ class TmcaDecoderStage(nn.Module):
 
 class TmcaAlignmentLevel(nn.Module):
     """
-    One level of the multi-level contrastive alignment (MCA, method section 4): projects a feature map Z_s and the
+    One level of the multi-level contrastive alignment (MCA, docs/method.md section 4): projects a feature map Z_s and the
     report vector t into a joint L2-normalised space (pixel map V_s, text vector u) and gives the per-pixel similarity
     logits cos(V_s(p), u) / tau_p + b_s whose sigmoid is the map A_s that the pixel term trains and LTE uses. With
     `config.alignment_position` the pixel projection also sees each pixel's (x, y) position.
@@ -210,7 +210,7 @@ def _position_channels(features: torch.Tensor) -> torch.Tensor:
 
 
 class TmcaTargetEnhancement(nn.Module):
-    """Language-guided target enhancement (LTE, method section 5): Z_s <- Z_s * (1 + gamma_s * A_s)."""
+    """Language-guided target enhancement (LTE, docs/method.md section 5): Z_s <- Z_s * (1 + gamma_s * A_s)."""
 
     def __init__(self, config: TmcaConfig):
         super().__init__()
@@ -292,7 +292,7 @@ def target_sensitive_contrastive_loss(
     logit_scale: torch.Tensor,
 ) -> torch.Tensor:
     """
-    TSSD contrast (method section 3). The report is compared with the lesion embedding v+ (mask-pooled pixels), not
+    TSSD contrast (docs/method.md section 3). The report is compared with the lesion embedding v+ (mask-pooled pixels), not
     the whole image: symmetric multi-positive InfoNCE between {v+_i} and {u_j}, and in the report-to-image direction
     each report's own background v-_j is one more (hard) negative. Samples with an empty mask have no v+ and leave
     these terms. Left-out samples are masked, not indexed away, so the loss never waits for the device.

@@ -344,7 +344,8 @@ def main(argv=None):
     started = time.perf_counter()
     train_data = DecodedSplit(train_set, processor, augment=zoom, num_workers=args.preprocessing_num_workers)
     eval_data = DecodedSplit(eval_set, processor, num_workers=args.preprocessing_num_workers)
-    train_data.to(accelerator.device), eval_data.to(accelerator.device)
+    train_data.to(accelerator.device)
+    eval_data.to(accelerator.device)
     logger.info(f"Decoded {len(train_data)} + {len(eval_data)} examples in {time.perf_counter() - started:.1f} s")
     train_dataloader = DataLoader(
         train_data,
@@ -378,9 +379,10 @@ def main(argv=None):
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler
     )
-    text_encoder = accelerator.unwrap_model(model).text_encoder
-    if text_encoder is not None and accelerator.unwrap_model(model).config.freeze_text_encoder:
-        train_data.encode_reports(text_encoder), eval_data.encode_reports(text_encoder)
+    unwrapped = accelerator.unwrap_model(model)
+    if unwrapped.text_encoder is not None and unwrapped.config.freeze_text_encoder:
+        train_data.cache_report_states(unwrapped.text_encoder)
+        eval_data.cache_report_states(unwrapped.text_encoder)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     if args.report_to != "none":
@@ -442,11 +444,10 @@ def main(argv=None):
             "images_per_second": round(images / train_seconds, 1),
             "data_wait_fraction": round(data_wait / train_seconds, 4),
         }
-        if accelerator.is_main_process:
-            tqdm.write(json.dumps(record))
         if args.report_to != "none":
             accelerator.log({f"eval/{k}": v for k, v in scores.items()} | {"train/loss": record["loss"]}, step=progress.completed_steps)
         if accelerator.is_main_process:
+            tqdm.write(json.dumps(record))
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
         if scores["dice_per_image"] > progress.best["dice_per_image"]:

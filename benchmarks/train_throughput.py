@@ -97,7 +97,7 @@ def main():
     decoded.to(accelerator.device)
     decode_seconds = time.perf_counter() - started
     model.to(accelerator.device)
-    decoded.encode_reports(model.text_encoder)
+    decoded.cache_report_states(model.text_encoder)
     loader = DataLoader(decoded, batch_size=batch_size, shuffle=True, collate_fn=decoded.collate, drop_last=True)
     fast = time_training(accelerator, model, batches_forever(loader, decoded.set_epoch), steps, warmup_steps)
 

@@ -207,6 +207,14 @@ def test_bad_input_raises_clear_errors(predictions, targets, error, message):
         SegmentationMetrics().update(predictions, targets)
 
 
+@pytest.mark.parametrize("with_hd95", [True, False], ids=["per-image path", "batched device path"])
+def test_both_paths_refuse_non_binary_masks_naming_the_value(with_hd95):
+    with pytest.raises(ValueError, match="binary.*0.7"):
+        SegmentationMetrics(with_hd95=with_hd95).update(torch.full((1, 4, 4), 0.7), torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="binary.*255"):
+        SegmentationMetrics(with_hd95=with_hd95).update(torch.zeros(1, 4, 4), torch.full((1, 4, 4), 255))
+
+
 def test_bad_ids_and_empty_compute():
     metrics = SegmentationMetrics()
     with pytest.raises(ValueError, match="1 ids for 2 masks"):

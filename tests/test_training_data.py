@@ -70,7 +70,7 @@ def test_cached_report_states_give_the_same_output_as_the_text_encoder(sample_sp
     decoded = DecodedSplit(sample_split, tiny_processor())
     batch = decoded.collate([0, 1, 2])
     without_cache = model(**batch)
-    decoded.encode_reports(model.text_encoder)
+    decoded.cache_report_states(model.text_encoder)
     cached = decoded.collate([0, 1, 2])
     assert "text_hidden_states" in cached
     with_cache = model(**cached)

@@ -57,14 +57,19 @@ def _as_mask_list(masks: MaskBatch, name: str) -> list[torch.Tensor]:
         mask = torch.as_tensor(mask).detach().cpu()
         if mask.ndim != 2:
             raise ValueError(f"`{name}[{index}]` must have shape (height, width), got shape {tuple(mask.shape)}")
-        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
-            bad_value = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
-            raise ValueError(
-                f"`{name}[{index}]` must be binary (values 0/1 or bool), found the value {bad_value:g}; "
-                "threshold probabilities first (e.g. probabilities > 0.5)"
-            )
+        _check_binary(mask, f"{name}[{index}]")
         result.append(mask.float())
     return result
+
+
+def _check_binary(masks: torch.Tensor, label: str) -> None:
+    """Refuse masks that are not 0/1 (or bool), naming the first other value."""
+    if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
+        bad_value = masks[(masks != 0) & (masks != 1)].flatten()[0].item()
+        raise ValueError(
+            f"`{label}` must be binary (values 0/1 or bool), found the value {bad_value:g}; "
+            "threshold probabilities first (e.g. probabilities > 0.5)"
+        )
 
 
 def _score(metric_name: str, counts: torch.Tensor) -> float:
@@ -182,9 +187,8 @@ class SegmentationMetrics:
 
     def _update_on_device(self, predictions: torch.Tensor, targets: torch.Tensor, ids) -> None:
         """Dice/IoU only, for (B, H, W) tensors: counted in one batched op where the masks are (a GPU, say)."""
-        for name, masks in (("predictions", predictions), ("targets", targets)):
-            if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
-                raise ValueError(f"`{name}` must be binary (values 0/1 or bool); threshold probabilities first")
+        _check_binary(predictions, "predictions")
+        _check_binary(targets, "targets")
         if ids is not None and len(ids) != len(targets):
             raise ValueError(f"got {len(ids)} ids for {len(targets)} masks")
         counts = get_confusion_matrix(predictions[:, None].float(), targets[:, None].float())[:, 0]  # (B, 4)

@@ -5,7 +5,7 @@ Decoding PNGs and zooming with PIL for every step kept a GPU mostly idle (the de
 second; PIL workers feed a few hundred). Here the processor decodes each split once into memory (`DecodedSplit`), a
 batch is an index into those tensors, the light zoom of the method (section 6) runs on the batch where the model runs
 (`BatchedRandomZoom`), and the reports, which repeat (153 distinct ones over 5,713 QaTa-COV19 training images), are
-tokenised once and, while the text encoder is frozen, encoded once (`DecodedSplit.encode_reports`).
+tokenised once and, while the text encoder is frozen, encoded once (`DecodedSplit.cache_report_states`).
 
 For `Trainer` users and row-by-row pipelines, `TmcaSegmentationCollator` turns dataset rows into a model batch through
 the processor, after the optional zoom of each row with PIL (`RandomZoom`).
@@ -122,7 +122,7 @@ class DecodedSplit(Dataset):
         return self
 
     @torch.no_grad()
-    def encode_reports(self, text_encoder, batch_size: int = 256):
+    def cache_report_states(self, text_encoder, batch_size: int = 256):
         """Run the (frozen) text encoder once over the distinct reports; batches then carry its token states."""
         device = next(text_encoder.parameters()).device
         states = [

@@ -37,7 +37,7 @@ from tmca_hf.hub import push_folder_to_hub
 from tmca_hf.inference import RELEASED_MODEL
 from tmca_hf.metrics import SegmentationMetrics
 from tmca_hf.model_card import write_model_card
-from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit
+from tmca_hf.training_data import BatchedAppearance, BatchedRandomZoom, DecodedSplit
 
 
 logger = get_logger(__name__)
@@ -59,7 +59,8 @@ def parse_args(argv=None):
     data.add_argument("--skip_invalid", action="store_true", help="Skip invalid examples instead of stopping.")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
-    data.add_argument("--no_augment", action="store_true", help="Switch off the light random zoom.")
+    data.add_argument("--no_augment", action="store_true",
+                      help="Switch off the augmentation (the light random zoom; contrast, gamma, noise and JPEG).")
     data.add_argument("--preprocessing_num_workers", type=int, default=0,
                       help="Processes that decode each split, once, before training.")
 
@@ -241,13 +242,25 @@ def build_optimizer(model, args):
     )
 
 
+def float32_forward(model, accelerator):
+    """
+    The model's forward without the mixed-precision autocast that `accelerator.prepare` wrapped around it for good:
+    validation then computes in float32, as `tmca-evaluate` and every user path do, so the epoch chosen is the one
+    whose reported number is best. Training keeps the autocast forward.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_original_forward", unwrapped.forward)
+
+
 def validation_dice(model, dataloader, accelerator, threshold=0.5) -> dict:
-    """Per-image and pooled Dice/IoU at the model's resolution, counted on the device and gathered over processes."""
+    """Per-image and pooled Dice/IoU at the model's resolution in float32, counted on the device and gathered over
+    processes."""
     model.eval()
+    forward = float32_forward(model, accelerator)
     metrics = SegmentationMetrics(with_hd95=False)  # selection needs Dice only; HD95 is measured at the end
     for batch in dataloader:
         with torch.no_grad():
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            logits = forward(**{k: v for k, v in batch.items() if k != "labels"}).logits
         predictions = logits.sigmoid()[:, 0] > threshold
         predictions, labels = accelerator.gather_for_metrics((predictions, batch["labels"].bool()))
         metrics.update(predictions, labels)
@@ -340,9 +353,12 @@ def main(argv=None):
     # Data: each split decoded once, onto the training device.
     train_set, eval_set = load_splits(args, accelerator)
     model, processor = build_model(args)
-    zoom = None if args.no_augment else BatchedRandomZoom(len(train_set), args.seed)
+    augment = [] if args.no_augment else [
+        BatchedRandomZoom(len(train_set), args.seed),
+        BatchedAppearance(len(train_set), args.seed, processor.image_processor.image_mean, processor.image_processor.image_std),
+    ]
     started = time.perf_counter()
-    train_data = DecodedSplit(train_set, processor, augment=zoom, num_workers=args.preprocessing_num_workers)
+    train_data = DecodedSplit(train_set, processor, augment=augment, num_workers=args.preprocessing_num_workers)
     eval_data = DecodedSplit(eval_set, processor, num_workers=args.preprocessing_num_workers)
     train_data.to(accelerator.device)
     eval_data.to(accelerator.device)
@@ -381,8 +397,8 @@ def main(argv=None):
     )
     unwrapped = accelerator.unwrap_model(model)
     if unwrapped.text_encoder is not None and unwrapped.config.freeze_text_encoder:
-        train_data.cache_report_states(unwrapped.text_encoder)
-        eval_data.cache_report_states(unwrapped.text_encoder)
+        train_data.cache_report_states(unwrapped)
+        eval_data.cache_report_states(unwrapped)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     if args.report_to != "none":

@@ -7,10 +7,17 @@ import subprocess
 import sys
 import time
 
+import importlib.util
+
 import pytest
-from conftest import REPO_ROOT
+import torch
+from conftest import REPO_ROOT, tiny_config, tiny_processor
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
+
+from tmca_hf import TmcaForImageSegmentation
+from tmca_hf.data import load_tmca_dataset
+from tmca_hf.training_data import DecodedSplit
 
 
 SAMPLES = REPO_ROOT / "samples" / "qata_cov19"
@@ -20,6 +27,13 @@ TINY_RUN = [
     "--final_eval_text_modes", "report", "--seed", "7",
 ]
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the repo's sample data is missing at {SAMPLES}")
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("tmca_train_script", REPO_ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def launch(*args, processes=1):
@@ -124,3 +138,40 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     output = finish(launch("--max_train_steps", "2", "--output_dir", str(tmp_path / "ddp"), processes=2))
     model = AutoModel.from_pretrained(tmp_path / "ddp")
     assert model.config.decoder_hidden_sizes == [32, 16, 16, 8] and "total batch size 4" in output
+
+
+def test_per_epoch_validation_is_float32_under_a_bf16_accelerator():
+    # Accelerate wraps a prepared model's forward in bf16 autocast for good; selection must score what is reported.
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from torch.utils.data import DataLoader
+
+    train_script = load_train_script()
+    split = load_tmca_dataset(SAMPLES, splits=["validation"])["validation"].select(range(8))
+    decoded = DecodedSplit(split, tiny_processor())
+    scores = {}
+    for precision in ("no", "bf16"):
+        torch.manual_seed(0)
+        model = TmcaForImageSegmentation(tiny_config())
+        decoded.cache_report_states(model)
+        AcceleratorState._reset_state(reset_partial_state=True)  # a process holds one precision otherwise
+        accelerator = Accelerator(cpu=True, mixed_precision=precision)
+        prepared, loader = accelerator.prepare(model, DataLoader(decoded, batch_size=4, collate_fn=decoded.collate))
+        dice = train_script.validation_dice(prepared, loader, accelerator)
+        assert prepared.training, "validation hands the model back in train mode"
+        with torch.no_grad():  # in eval mode: a training forward would move the batch-norm statistics
+            logits = prepared.eval()(**{k: v for k, v in decoded.collate([0, 1]).items() if k != "labels"}).logits
+        scores[precision] = (dice, logits)
+    assert not torch.equal(scores["no"][1], scores["bf16"][1]), "the prepared bf16 forward must differ, or this sees nothing"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert scores["bf16"][0] == scores["no"][0]
+
+
+def test_best_per_epoch_dice_equals_the_final_evaluation_of_the_chosen_model(tmp_path):
+    # At 224 (QaTa's own size) the model's resolution is each image's original size: both routes must agree exactly.
+    finish(launch("--image_size", "224", "--max_train_steps", "4", "--output_dir", str(tmp_path / "run")))
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    final = results["evaluation"][0]
+    assert final["text_mode"] == "report"
+    for key in ("dice_per_image", "dice_pooled", "iou_per_image", "iou_pooled"):
+        assert results["best"][key] == pytest.approx(final[key], abs=1e-9), key

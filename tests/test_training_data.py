@@ -30,7 +30,7 @@ def test_decoded_split_holds_what_the_processor_gives(sample_split, mean_std, ch
     )
     batch = decoded.collate(list(range(len(sample_split))))
     assert decoded.pixel_values.shape[1] == channels, "three equal channels are stored as one"
-    torch.testing.assert_close(batch["pixel_values"], direct["pixel_values"], atol=1e-3, rtol=0)  # float16 storage
+    assert torch.equal(batch["pixel_values"], direct["pixel_values"]), "training sees exactly what inference sees"
     assert torch.equal(batch["labels"], direct["labels"])
     assert torch.equal(batch["input_ids"], direct["input_ids"])
     assert torch.equal(batch["attention_mask"], direct["attention_mask"])
@@ -64,20 +64,37 @@ def test_zoom_keeps_the_mask_binary_and_on_the_image_and_scale_one_is_the_identi
         BatchedRandomZoom(1, seed=0, scale=(0.8, 1.0))
 
 
-def test_cached_report_states_give_the_same_output_as_the_text_encoder(sample_split):
+def test_cached_report_states_are_what_the_forward_computes_for_a_model_built_as_train_py_builds_it(sample_split):
+    # train.py builds the model in Python (every submodule in train mode) and caches before any train()/eval() call:
+    # the cache must hold the eval-mode states the model computes at inference, exactly.
     torch.manual_seed(0)
-    model = TmcaForImageSegmentation(tiny_config()).eval()
+    model = TmcaForImageSegmentation(tiny_config())
+    assert model.config.text_config.hidden_dropout_prob > 0, "without dropout this test could not see a train-mode cache"
     decoded = DecodedSplit(sample_split, tiny_processor())
+    decoded.cache_report_states(model)
+    model.eval()
+    with torch.no_grad():
+        clean = model.text_encoder(
+            input_ids=decoded.report_input_ids, attention_mask=decoded.report_attention_mask
+        ).last_hidden_state
+    assert (decoded.report_hidden_states - clean).abs().max().item() == 0.0
+
+    model.text_encoder.train()  # even an encoder put in train mode by hand: frozen means eval
     batch = decoded.collate([0, 1, 2])
-    without_cache = model(**batch)
-    decoded.cache_report_states(model.text_encoder)
-    cached = decoded.collate([0, 1, 2])
-    assert "text_hidden_states" in cached
-    with_cache = model(**cached)
-    torch.testing.assert_close(with_cache.logits, without_cache.logits)
-    torch.testing.assert_close(with_cache.loss, without_cache.loss)
+    cached = {**batch, "text_hidden_states": batch["text_hidden_states"]}
+    uncached = {k: v for k, v in batch.items() if k != "text_hidden_states"}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**cached).logits, model(**uncached).logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="text_hidden_states has shape"):
         model(**{**cached, "text_hidden_states": cached["text_hidden_states"][:, :3]})
+
+
+def test_a_frozen_text_encoder_is_in_eval_mode_from_construction_and_stays_there():
+    model = TmcaForImageSegmentation(tiny_config())
+    assert model.training and not model.text_encoder.training
+    assert not model.train().text_encoder.training
+    trainable = TmcaForImageSegmentation(tiny_config(freeze_text_encoder=False))
+    assert trainable.text_encoder.training, "an encoder that trains keeps its dropout"
 
 
 # ------------------------------------------------------------------------------------------------ row by row (Trainer)

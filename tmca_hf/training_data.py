@@ -4,7 +4,8 @@ text encoder run once per distinct report.
 Decoding PNGs and zooming with PIL for every step kept a GPU mostly idle (the decoder trains at thousands of images per
 second; PIL workers feed a few hundred). Here the processor decodes each split once into memory (`DecodedSplit`), a
 batch is an index into those tensors, the light zoom of the method (section 6) runs on the batch where the model runs
-(`BatchedRandomZoom`), and the reports, which repeat (153 distinct ones over 5,713 QaTa-COV19 training images), are
+(`BatchedRandomZoom`) with what users' files differ by (`BatchedAppearance`: contrast, gamma, noise, JPEG), and the
+reports, which repeat (153 distinct ones over 5,713 QaTa-COV19 training images), are
 tokenised once and, while the text encoder is frozen, encoded once (`DecodedSplit.cache_report_states`).
 
 For `Trainer` users and row-by-row pipelines, `TmcaSegmentationCollator` turns dataset rows into a model batch through
@@ -24,7 +25,8 @@ class BatchedRandomZoom:
     """
     The lineage's light zoom augmentation (docs/method.md section 6) for a batch of tensors on any device: for each image, a
     window of 1/s its height and width (s uniform in `scale`) at a uniform position is resized back to the full size,
-    bilinear for the image and nearest for the mask, so the mask stays binary and aligned.
+    bicubic for the image (as the per-row `RandomZoom` and PIL resampling do) and nearest for the mask, so the mask
+    stays binary and aligned.
 
     The draws are a pure function of (seed, epoch, example index): a resumed run repeats an unbroken one whatever the
     order in which batches are fetched, and every process of a distributed run agrees.
@@ -57,16 +59,130 @@ class BatchedRandomZoom:
         theta[:, 0, 2] = (2 * draws[:, 1] - 1) * (1 - shrink)  # window centre, in [-1, 1] coordinates
         theta[:, 1, 2] = (2 * draws[:, 2] - 1) * (1 - shrink)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        images = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
         masks = F.grid_sample(masks[:, None], grid, mode="nearest", padding_mode="border", align_corners=False)[:, 0]
         return images, masks
 
 
+def _jpeg_luminance_table(quality: torch.Tensor) -> torch.Tensor:
+    """The JPEG standard's luminance quantisation table (ITU-T T.81, Annex K) scaled as libjpeg scales it for
+    `quality` (B,) in 1..100: (B, 8, 8)."""
+    base = torch.tensor([
+        [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99],
+    ], dtype=quality.dtype, device=quality.device)
+    scale = torch.where(quality < 50, 5000 / quality, 200 - 2 * quality)
+    return ((base * scale[:, None, None] + 50) / 100).floor().clamp(min=1)
+
+
+def _dct_matrix(size: int, device, dtype) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (size x size): coefficients = D @ block @ D.T."""
+    k = torch.arange(size, device=device, dtype=dtype)
+    matrix = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * size)) * math.sqrt(2 / size)
+    matrix[0] /= math.sqrt(2)
+    return matrix
+
+
+def jpeg_like(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """
+    JPEG's lossy step on a batch of unit-range images (B, C, H, W), H and W multiples of 8: each 8x8 block of each
+    channel is DCT-transformed, quantised with the luminance table at `quality` (B,), and transformed back, on 8-bit
+    levels. What a PNG loses when it is saved as a JPEG (blocking, ringing, lost fine detail), without leaving the
+    device. Chroma subsampling is not modelled.
+    """
+    batch, channels, height, width = images.shape
+    dct = _dct_matrix(8, images.device, images.dtype)
+    table = _jpeg_luminance_table(quality.to(images.dtype))[:, None, None, None]  # (B, 1, 1, 1, 8, 8)
+    blocks = (images * 255 - 128).reshape(batch, channels, height // 8, 8, width // 8, 8).transpose(3, 4)
+    coefficients = dct @ blocks @ dct.T
+    restored = dct.T @ ((coefficients / table).round() * table) @ dct
+    restored = restored.transpose(3, 4).reshape(batch, channels, height, width)
+    return ((restored + 128).round() / 255).clamp(0, 1)
+
+
+class BatchedAppearance:
+    """
+    What differs between the files users bring and the training PNGs, drawn per image for a batch on any device:
+    contrast and brightness (as another window or export would set them), a gamma, Gaussian noise of up to
+    `max_noise` (unit range; 2/255 covers re-quantisation by a gray level or two), and JPEG compression at a quality
+    in `jpeg_quality`. Each is applied with probability `p`, in that order (a JPEG is the last thing a file goes
+    through). It works in unit range: `image_mean`/`image_std` are the processor's, to undo and redo its normalisation.
+
+    Like [`BatchedRandomZoom`], every draw, the noise field included, is a pure function of (seed, epoch, example
+    index), so a resumed run repeats an unbroken one and the batch an image comes in does not matter.
+    """
+
+    def __init__(
+        self, num_examples: int, seed: int, image_mean, image_std, p: float = 0.5, contrast=(0.8, 1.25),
+        brightness: float = 0.08, gamma=(0.8, 1.25), max_noise: float = 2 / 255, jpeg_quality=(50, 95),
+    ):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p={p} must lie in [0, 1].")
+        if not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality={jpeg_quality} must satisfy 1 <= min <= max <= 100.")
+        self.num_examples, self.seed, self.p = num_examples, seed, p
+        self.contrast, self.brightness, self.gamma = contrast, brightness, gamma
+        self.max_noise, self.jpeg_quality = max_noise, jpeg_quality
+        self.mean = torch.tensor(image_mean, dtype=torch.float32)[None, :, None, None]
+        self.std = torch.tensor(image_std, dtype=torch.float32)[None, :, None, None]
+        self.device = torch.device("cpu")
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 500_000)
+        self.draws = torch.rand(self.num_examples, 9, generator=generator).to(self.device)  # 4 on/off, 5 amounts
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.draws, self.mean, self.std = self.draws.to(self.device), self.mean.to(self.device), self.std.to(self.device)
+        return self
+
+    def _noise(self, shape, indices: torch.Tensor, dtype) -> torch.Tensor:
+        """A unit normal field per image, seeded by (seed, epoch, index)."""
+        fields = []
+        for index in indices.tolist():
+            generator = torch.Generator(self.device).manual_seed(
+                (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+            )
+            fields.append(torch.randn(shape, generator=generator, device=self.device, dtype=dtype))
+        return torch.stack(fields)
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor):
+        """images (B, C, H, W) normalised as the processor does, masks (B, H, W), indices (B,) -> augmented pair."""
+        draws = self.draws[indices].to(images.dtype)
+        on = draws[:, :4] < self.p
+        amount = draws[:, 4:]
+
+        def between(low_high, u):
+            return (low_high[0] + (low_high[1] - low_high[0]) * u)[:, None, None, None]
+
+        channels = images.shape[1]
+        mean, std = self.mean[:, :channels], self.std[:, :channels]  # one stored channel: the three are equal
+        unit = (images * std + mean).clamp(0, 1)
+        contrast = torch.where(on[:, 0, None, None, None], between(self.contrast, amount[:, 0]), 1.0)
+        shift = torch.where(on[:, 0, None, None, None], self.brightness * (2 * amount[:, 1] - 1)[:, None, None, None], 0.0)
+        level = unit.mean((1, 2, 3), keepdim=True)
+        unit = ((unit - level) * contrast + level + shift).clamp(0, 1)
+        gamma = torch.where(on[:, 1, None, None, None], between(self.gamma, amount[:, 2]), 1.0)
+        unit = unit.pow(gamma)
+        sigma = torch.where(on[:, 2], self.max_noise * amount[:, 3], 0.0)[:, None, None, None]
+        if bool(on[:, 2].any()):
+            unit = (unit + sigma * self._noise(images.shape[1:], indices, images.dtype)).clamp(0, 1)
+        compress = on[:, 3]
+        if bool(compress.any()):
+            quality = (self.jpeg_quality[0] + (self.jpeg_quality[1] - self.jpeg_quality[0]) * amount[:, 4]).round()
+            unit = torch.where(compress[:, None, None, None], jpeg_like(unit, quality), unit)
+        return (unit - mean) / std, masks
+
+
 class DecodedSplit(Dataset):
     """
-    A dataset split decoded once by the model's processor and kept as tensors: `pixel_values` (N, C, H, W) float16
-    (C = 1 when the processor gives three equal channels, as for gray X-rays; float16 holds 8-bit images after
-    normalisation to within 1e-3), `labels` (N, H, W) uint8, and `report_ids` (N,) into `reports`, the split's distinct
+    A dataset split decoded once by the model's processor and kept as tensors: `pixel_values` (N, C, H, W) float32,
+    exactly what the processor gives at inference (C = 1 when it gives three equal channels, as for gray X-rays),
+    `labels` (N, H, W) uint8, and `report_ids` (N,) into `reports`, the split's distinct
     reports, tokenised once. Its items are example indices; `collate` turns a list of them into a model batch, zoomed
     when `augment` is set.
 
@@ -74,7 +190,8 @@ class DecodedSplit(Dataset):
         dataset: a split with `image`, `mask` and report columns (as `tmca_hf.data.load_tmca_dataset` gives).
         processor ([`TmcaProcessor`]): decodes, resizes and normalises the images and masks, tokenises the reports.
         text_column (`str`, defaults to "text"): the report column.
-        augment ([`BatchedRandomZoom`], *optional*): applied to every batch `collate` builds.
+        augment (sequence of batch augmentations, *optional*): [`BatchedRandomZoom`], [`BatchedAppearance`], ...,
+            applied in order to every batch `collate` builds.
         num_workers (`int`, defaults to 0): processes that decode the split (once).
     """
 
@@ -82,7 +199,7 @@ class DecodedSplit(Dataset):
         missing = [name for name in ("image", "mask", text_column) if name not in dataset.column_names]
         if missing:
             raise KeyError(f"The dataset lacks the columns {missing} (it has {dataset.column_names}).")
-        self.augment = augment
+        self.augment = list(augment or [])
         texts = dataset[text_column]
         self.reports = list(dict.fromkeys(texts))
         position = {report: index for index, report in enumerate(self.reports)}
@@ -98,7 +215,7 @@ class DecodedSplit(Dataset):
             batch = processor.image_processor(
                 [row["image"] for row in rows], segmentation_maps=[row["mask"] for row in rows]
             )
-            return batch["pixel_values"].half(), batch["labels"].to(torch.uint8)
+            return batch["pixel_values"], batch["labels"].to(torch.uint8)
 
         chunks = list(DataLoader(dataset, batch_size=64, collate_fn=decode, num_workers=num_workers))
         pixel_values = torch.cat([chunk[0] for chunk in chunks])
@@ -117,26 +234,28 @@ class DecodedSplit(Dataset):
         """Move the stored tensors to `device` (the training device), where batches are then gathered."""
         for name in ("pixel_values", "labels", "report_ids", "report_input_ids", "report_attention_mask"):
             setattr(self, name, getattr(self, name).to(device))
-        if self.augment is not None:
-            self.augment.to(device)
+        for augmentation in self.augment:
+            augmentation.to(device)
         return self
 
-    @torch.no_grad()
-    def cache_report_states(self, text_encoder, batch_size: int = 256):
-        """Run the (frozen) text encoder once over the distinct reports; batches then carry its token states."""
-        device = next(text_encoder.parameters()).device
+    def cache_report_states(self, model, batch_size: int = 256):
+        """
+        Encode the distinct reports once with `model.report_token_states` (the model's own text path, so the cache
+        holds what its forward computes: eval mode, no dropout); batches then carry these token states.
+        """
+        device = next(model.text_encoder.parameters()).device
         states = [
-            text_encoder(
-                input_ids=self.report_input_ids[start : start + batch_size].to(device),
-                attention_mask=self.report_attention_mask[start : start + batch_size].to(device),
-            ).last_hidden_state
+            model.report_token_states(
+                self.report_input_ids[start : start + batch_size].to(device),
+                self.report_attention_mask[start : start + batch_size].to(device),
+            )
             for start in range(0, len(self.reports), batch_size)
         ]
         self.report_hidden_states = torch.cat(states).to(self.report_ids.device)
 
     def set_epoch(self, epoch: int):
-        if self.augment is not None:
-            self.augment.set_epoch(epoch)
+        for augmentation in self.augment:
+            augmentation.set_epoch(epoch)
 
     def collate(self, indices: list) -> dict:
         index = torch.tensor(indices)
@@ -144,8 +263,8 @@ class DecodedSplit(Dataset):
             index = index.pin_memory().to(self.labels.device, non_blocking=True)
         pixel_values = self.pixel_values[index].float()
         labels = self.labels[index].float()
-        if self.augment is not None:
-            pixel_values, labels = self.augment(pixel_values, labels, index)
+        for augmentation in self.augment:
+            pixel_values, labels = augmentation(pixel_values, labels, index)
         reports = self.report_ids[index]
         batch = {
             "pixel_values": pixel_values.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last),
@@ -256,4 +375,4 @@ class TmcaSegmentationCollator:
         return batch
 
 
-__all__ = ["BatchedRandomZoom", "DecodedSplit", "RandomZoom", "TmcaSegmentationCollator"]
+__all__ = ["BatchedAppearance", "BatchedRandomZoom", "DecodedSplit", "RandomZoom", "TmcaSegmentationCollator"]

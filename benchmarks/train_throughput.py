@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader
 
 from tmca_hf.data import load_tmca_dataset
 from tmca_hf.encoders import from_pretrained_encoders
-from tmca_hf.training_data import BatchedAppearance, BatchedRandomZoom, DecodedSplit, RandomZoom, TmcaSegmentationCollator
+from tmca_hf.training_data import (
+    BatchedAppearance,
+    BatchedRandomZoom,
+    DecodedSplit,
+    RandomZoom,
+    TmcaSegmentationCollator,
+)
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

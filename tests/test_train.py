@@ -1,13 +1,12 @@
 """train.py: a short run writes a loadable Hub-ready folder; a killed run resumes to the same end; two processes train."""
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-
-import importlib.util
 
 import pytest
 import torch

@@ -327,6 +327,21 @@ class Example(NamedTuple):
     caption: str
 
 
+def example_inputs(example: Example, model_laterality: str) -> list:
+    """What picking an example puts in the form: image, report, ground truth, and the side convention set to the
+    model's own, since the examples' reports come from its training data (for QaTa-COV19, the image's sides)."""
+    return [example.image, example.report, example.mask, model_laterality]
+
+
+def laterality_note(laterality: str, model_laterality: str) -> str:
+    """One line under the control: what it does to a typed report's "left lung"."""
+    if laterality == model_laterality:
+        return f'"left lung" is read as the {laterality}\'s left, as the model was trained: the report is given unchanged.'
+    other = "patient" if laterality == "image" else "image"
+    return (f'"left lung" is read as the {laterality}\'s left, which is the {other}\'s right: left and right are swapped '
+            f"before the model, which was trained on the {model_laterality}'s sides, reads the report.")
+
+
 def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
     """
     Validation examples, read by `load_tmca_dataset`, of the datasets in `samples_dir` (default: `samples/` in the
@@ -383,10 +398,12 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                 report = gr.Textbox(label="Report", lines=3, elem_id="report", placeholder=(
                     "e.g. bilateral pulmonary infection, two infected areas, middle lower left lung"
                     + (" (leave empty for a text-free prediction)" if loaded and loaded.text_free else "")))
+                model_laterality = loaded.processor.report_laterality if loaded else "image"
                 laterality = gr.Radio(
                     [("the patient's (as clinicians write)", "patient"), ("the image's", "image")], value="patient",
                     label=f"Left and right in the report are ... (the model was trained on reports naming "
-                          f"{loaded.processor.report_laterality if loaded else 'image'} sides)", elem_id="laterality")
+                          f"{model_laterality} sides; picking an example sets this to match)", elem_id="laterality")
+                laterality_line = gr.Markdown(laterality_note("patient", model_laterality), elem_id="laterality-note")
                 threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (lesion probability)")
                 truth = gr.Image(label="Ground-truth mask (optional, after the image): the Dice of the prediction",
                                  type="pil", image_mode=None, format="png", sources=["upload"], height=160, elem_id="truth")
@@ -421,10 +438,13 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
 
         def pick_example(event: gr.SelectData):
             example = examples[event.index]
-            return [example.image, example.report, example.mask] + clear()
+            return [*example_inputs(example, model_laterality), laterality_note(model_laterality, model_laterality)] + clear()
 
         if examples:
-            gallery.select(pick_example, None, [image, report, truth, *outputs], api_visibility="private")
+            gallery.select(pick_example, None, [image, report, truth, laterality, laterality_line, *outputs],
+                           api_visibility="private")
+        laterality.change(lambda side: laterality_note(side, model_laterality), laterality, laterality_line,
+                          queue=False, api_visibility="private")
         image.upload(lambda: [None] + clear(), None, [truth, *outputs], api_visibility="private")
         gr.on([button.click, report.submit], clear, None, outputs, queue=False, api_visibility="private").then(
             segment, [image, report, threshold, truth, style, opacity, laterality], outputs, api_name="segment",

@@ -178,6 +178,34 @@ def test_segment_on_examples_with_their_ground_truth(app, examples):
     assert int(app.segment(examples[0].image, examples[0].report, 0.1)[4]) >= int(app.segment(examples[0].image, examples[0].report, 0.9)[4])
 
 
+def test_examples_run_as_the_ui_sends_them_score_what_the_model_scores_on_those_rows(app, examples):
+    """Issue 13 item 3: picking an example sets the side convention to the model's, so the Space feeds the model the
+    report it was trained on, not a mirrored one."""
+    from tmca_hf.inference import predict
+    from tmca_hf.metrics import SegmentationMetrics
+    from tmca_hf.reports_tmca import swap_laterality
+
+    loaded = app.MODEL
+    model_laterality = loaded.processor.report_laterality
+    assert any(swap_laterality(example.report) != example.report for example in examples), "no side words: no test"
+    for example in examples:
+        image, report, mask, laterality = app.example_inputs(example, model_laterality)
+        assert laterality == model_laterality == "image"
+        truth = Image.open(mask)
+        space_dice = float(app.segment(image, report, 0.5, truth, "contour", 0.5, laterality)[3])
+        pixels = app.read_image(image).pixels
+        own = predict(loaded.model, loaded.processor, [pixels], [example.report], 0.5)[0].mask  # the report as trained
+        metrics = SegmentationMetrics(with_hd95=False)
+        metrics.update([own.astype(np.float32)], [(np.asarray(truth) == 255).astype(np.float32)])
+        assert space_dice == pytest.approx(metrics.compute()["dice_per_image"], abs=1e-4)
+
+
+def test_the_laterality_line_says_what_happens_to_left(app):
+    assert "given unchanged" in app.laterality_note("image", "image")
+    note = app.laterality_note("patient", "image")
+    assert "patient's left" in note and "image's right" in note and "swapped" in note
+
+
 def test_segment_accepts_every_format(app, tmp_path):
     sizes = write_format_zoo(tmp_path)
     for name, size in sizes.items():

@@ -8,7 +8,14 @@ from PIL import Image
 
 from tmca_hf import TmcaForImageSegmentation
 from tmca_hf.data import load_tmca_dataset
-from tmca_hf.training_data import BatchedRandomZoom, DecodedSplit, RandomZoom, TmcaSegmentationCollator
+from tmca_hf.training_data import (
+    BatchedAppearance,
+    BatchedRandomZoom,
+    DecodedSplit,
+    RandomZoom,
+    TmcaSegmentationCollator,
+    jpeg_like,
+)
 
 
 SAMPLES = REPO_ROOT / "samples" / "qata_cov19"
@@ -62,6 +69,37 @@ def test_zoom_keeps_the_mask_binary_and_on_the_image_and_scale_one_is_the_identi
     assert torch.equal(same_mask, mask)
     with pytest.raises(ValueError, match="zoom in, never out"):
         BatchedRandomZoom(1, seed=0, scale=(0.8, 1.0))
+
+
+def test_jpeg_like_compression_matches_a_real_jpeg_of_the_same_quality():
+    import io
+
+    image = Image.open(next((SAMPLES / "images").glob("*.png"))).convert("L")
+    pixels = np.asarray(image, np.float32) / 255
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    real = np.asarray(Image.open(buffer), np.float32) / 255
+    ours = jpeg_like(torch.from_numpy(pixels)[None, None], torch.tensor([80.0]))[0, 0].numpy()
+    real_loss, ours_loss = np.sqrt(((real - pixels) ** 2).mean()), np.sqrt(((ours - pixels) ** 2).mean())
+    assert ours_loss == pytest.approx(real_loss, rel=0.05), "it loses what a JPEG at quality 80 loses"
+    assert np.sqrt(((ours - real) ** 2).mean()) * 255 < 1.0, "and nearly the same pixels: under one gray level RMS"
+
+
+def test_appearance_draws_depend_on_the_example_and_leave_the_mask_alone():
+    appearance = BatchedAppearance(num_examples=4, seed=3, image_mean=[0.5] * 3, image_std=[0.5] * 3, p=1.0)
+    images = torch.rand(4, 1, 32, 32) * 2 - 1  # normalised as EfficientNet-Lite's processor does
+    masks = (torch.rand(4, 32, 32) > 0.5).float()
+    together, kept = appearance(images, masks, torch.arange(4))
+    alone, _ = appearance(images[2:3], masks[2:3], torch.tensor([2]))
+    torch.testing.assert_close(together[2:3], alone)
+    assert torch.equal(kept, masks)
+    assert together.min() >= -1 and together.max() <= 1 and not torch.allclose(together, images)
+    appearance.set_epoch(1)
+    assert not torch.equal(appearance(images, masks, torch.arange(4))[0], together), "a new epoch draws anew"
+    off = BatchedAppearance(4, 3, [0.5] * 3, [0.5] * 3, p=0.0)
+    torch.testing.assert_close(off(images, masks, torch.arange(4))[0], images)
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        BatchedAppearance(4, 3, [0.5] * 3, [0.5] * 3, jpeg_quality=(90, 200))
 
 
 def test_cached_report_states_are_what_the_forward_computes_for_a_model_built_as_train_py_builds_it(sample_split):

@@ -4,7 +4,7 @@ For each image of a split, the consistency score with
   (own)  its own report,
   (a)    the report of another image whose report differs in wording (a fixed-seed derangement of the images,
          repaired so that no image gets a text equal to its own),
-  (b)    its own report with left and right swapped (`tmca_hf.reports_tmca.swap_laterality`; the hard case),
+  (b)    its own report with left and right swapped (`tmca_hf.modeling.laterality_tmca.swap_laterality`; the hard case),
 and the AUROC of own against (a) and own against (b). AUROCs are computed on the raw mean cosine s (the score before
 calibration), so they do not depend on the calibration. For (b), swaps that leave the report's findings unchanged
 ("lower left lung and lower right lung", a report without a side) are not negatives: they are left out of `auroc_b`
@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tmca_hf import TmcaConfig, TmcaForImageSegmentation, TmcaProcessor  # noqa: E402
 from tmca_hf.data import load_split, normalize_split_name  # noqa: E402
 from tmca_hf.evaluation import derangement  # noqa: E402
-from tmca_hf.reports_tmca import swap_laterality  # noqa: E402
+from tmca_hf.modeling.laterality_tmca import swap_laterality  # noqa: E402
 
 
-SWAP_SOURCE = "tmca_hf.reports_tmca.swap_laterality"
+SWAP_SOURCE = "tmca_hf.modeling.laterality_tmca.swap_laterality"
 
 
 def normalise_report(text: str) -> str:

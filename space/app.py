@@ -5,7 +5,7 @@
 The model loads once, with `AutoModel` / `AutoProcessor` and `trust_remote_code=True`, from `--model`, else the
 `TMCA_MODEL` environment variable, else the release model `models/tmca-qata-cov19` when it exists, else
 `outputs/tmca-qata-sample` (where the README's main job writes). The app runs on the installed `tmca-hf` package
-(`space/requirements.txt`): `tmca_hf.imaging_tmca` (the module every model folder ships) reads the images,
+(`space/requirements.txt`): `tmca_hf.modeling.imaging_tmca` (the module every model folder ships) reads the images,
 `tmca_hf.inference` checks reports and predicts, `tmca_hf.data` reads the example datasets.
 """
 
@@ -40,9 +40,9 @@ from huggingface_hub import ModelCard, hf_hub_download  # noqa: E402
 from PIL import Image, ImageChops, ImageFilter  # noqa: E402
 
 from tmca_hf.data import load_tmca_dataset  # noqa: E402
-from tmca_hf.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_display_rgb  # noqa: E402
 from tmca_hf.inference import ReportError, check_report, check_threshold, load_model, mask_to_image, predict  # noqa: E402
 from tmca_hf.metrics import SegmentationMetrics  # noqa: E402
+from tmca_hf.modeling.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_display_rgb  # noqa: E402
 
 
 logger = logging.getLogger("tmca.space")

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_IMAGE_SIZE, tiny_config, tiny_processor
 
 from tmca_hf import TmcaConfig, TmcaForImageSegmentation
-from tmca_hf.modeling_tmca import TmcaLevelAlignment, report_consistency
+from tmca_hf.modeling.modeling_tmca import TmcaLevelAlignment, report_consistency
 
 
 SIZE = TINY_IMAGE_SIZE

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tmca_hf.configuration_efficientnet_lite import EfficientNetLiteConfig
 from tmca_hf.convert_efficientnet_lite import (
     convert_state_dict,
     imagenet_labels,
     load_efficientnet_lite0,
     load_source_state_dict,
 )
-from tmca_hf.modeling_efficientnet_lite import EfficientNetLiteBackbone, EfficientNetLiteForImageClassification
+from tmca_hf.modeling.configuration_efficientnet_lite import EfficientNetLiteConfig
+from tmca_hf.modeling.modeling_efficientnet_lite import EfficientNetLiteBackbone, EfficientNetLiteForImageClassification
 
 
 # stride of each of the 16 blocks of EfficientNet-Lite0 (block groups r1 s1, r2 s2, r2 s2, r3 s2, r3 s1, r4 s2, r1 s1)
@@ -242,7 +242,7 @@ def test_config_rejects_inconsistent_groups():
 
 @pytest.mark.parametrize("module", ["configuration_efficientnet_lite", "modeling_efficientnet_lite"])
 def test_remote_code_imports_only_torch_and_transformers(module):
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "tmca_hf" / f"{module}.py").read_text())
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "tmca_hf" / "modeling" / f"{module}.py").read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

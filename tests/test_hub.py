@@ -2,27 +2,22 @@
 
 import ast
 import json
-import os
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
 from conftest import run_as_hub_user, tiny_config, tiny_processor
 from transformers import AutoModel, AutoProcessor
 
+import tmca_hf.modeling  # noqa: E402
 from tmca_hf import TmcaForImageSegmentation, TmcaProcessor
 from tmca_hf.hub import push_folder_to_hub
 
 
-REMOTE_CODE_FILES = {
-    "configuration_tmca.py",
-    "modeling_tmca.py",
-    "configuration_efficientnet_lite.py",
-    "modeling_efficientnet_lite.py",
-    "image_processing_tmca.py",
-    "processing_tmca.py",
-}
+SHIPPED_FOLDER = Path(tmca_hf.modeling.__file__).parent
+REMOTE_CODE_FILES = {path.name for path in SHIPPED_FOLDER.glob("*.py")} - {"__init__.py"}  # what travels: the folder
 
 
 def save_tiny(folder, **overrides):
@@ -43,7 +38,7 @@ def sample_inputs(processor):
 def test_folder_holds_config_code_weights_processor_and_tokenizer(tmp_path):
     save_tiny(tmp_path)
     files = {path.name for path in tmp_path.iterdir()}
-    assert REMOTE_CODE_FILES <= files
+    assert {name for name in files if name.endswith(".py")} == REMOTE_CODE_FILES, "exactly the shipped folder's files"
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= files
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
@@ -59,14 +54,15 @@ def test_remote_code_files_import_only_torch_and_transformers():
     """Every import, indented ones too: only the standard library, torch, transformers, PIL and numpy (which both
     need), each other, and pydicom lazily inside a function (DICOM support is optional)."""
     allowed = {"torch", "transformers", "PIL", "numpy"} | set(sys.stdlib_module_names)
-    package = os.path.dirname(sys.modules["tmca_hf"].__file__)
-    for name in REMOTE_CODE_FILES | {"imaging_tmca.py", "reports_tmca.py"}:
-        tree = ast.parse(open(os.path.join(package, name)).read())
+    for name in REMOTE_CODE_FILES:
+        tree = ast.parse((SHIPPED_FOLDER / name).read_text())
         top_level = {id(node) for node in tree.body}
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: only to a module of the folder itself, never up into the toolkit
+                    assert node.level == 1 and f"{node.module}.py" in REMOTE_CODE_FILES, f"{name}:{node.lineno}"
                 modules = [] if node.level else [node.module]
             else:
                 continue
@@ -139,3 +135,20 @@ def test_push_uploads_exactly_the_saved_folder(tmp_path, monkeypatch):
     push_folder_to_hub(tmp_path, "org/tmca", private=True)
     assert calls["create_repo"] == ("org/tmca", True, True)
     assert calls["upload_folder"] == (str(tmp_path), "org/tmca", "model", ["checkpoints/**"])
+
+
+def test_config_json_carries_no_classification_labels_of_the_encoders(tmp_path):
+    """An ImageNet backbone brings 1,000 labels a segmenter never uses: they are not saved, and reloading is exact."""
+    labels = {index: f"class {index}" for index in range(1000)}
+    torch.manual_seed(0)
+    model = TmcaForImageSegmentation(
+        tiny_config(backbone_config={**tiny_config().backbone_config.to_dict(), "id2label": labels})
+    ).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for name in ("backbone_config", "text_config"):
+        assert "id2label" not in saved[name] and "label2id" not in saved[name], name
+    assert saved["id2label"] == {"0": "LABEL_0"}, "the segmenter's own label stays"
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key

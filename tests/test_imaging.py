@@ -1,4 +1,4 @@
-"""tmca_hf.imaging_tmca: the one reading of images, the unit-range rule and the mask rule, shipped with every saved
+"""tmca_hf.modeling.imaging_tmca: the one reading of images, the unit-range rule and the mask rule, shipped with every saved
 model; the same file reaches the model as the same tensor through the processor, the data readers, tmca-evaluate and
 tmca-predict, and tmca-predict --dataset scores what tmca-evaluate scores."""
 
@@ -14,10 +14,11 @@ from conftest import REPO_ROOT, run_as_hub_user, save_tiny_model, tiny_processor
 from PIL import Image
 from transformers.dynamic_module_utils import get_imports
 
-from tmca_hf import evaluation, imaging_tmca, inference, predict
+from tmca_hf import evaluation, inference, predict
 from tmca_hf.data import load_tmca_dataset
-from tmca_hf.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_unit_range
 from tmca_hf.metrics import SegmentationMetrics
+from tmca_hf.modeling import imaging_tmca
+from tmca_hf.modeling.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_unit_range
 
 
 SAMPLES = REPO_ROOT / "samples"

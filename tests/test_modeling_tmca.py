@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_IMAGE_SIZE, tiny_config
 
 from tmca_hf import TmcaForImageSegmentation
-from tmca_hf.modeling_tmca import (
+from tmca_hf.modeling.modeling_tmca import (
     global_contrastive_loss,
     multi_positive_info_nce,
     target_sensitive_contrastive_loss,

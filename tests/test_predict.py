@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, save_tiny_model
 from PIL import Image
 
-from tmca_hf.imaging_tmca import ImageReadError, read_image
+from tmca_hf.modeling.imaging_tmca import ImageReadError, read_image
 from tmca_hf.predict import main
 
 

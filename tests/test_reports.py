@@ -1,4 +1,5 @@
-"""Tests for tmca_hf.reports_tmca (left/right conventions, reports from masks) and `tmca-data describe`."""
+"""Tests for tmca_hf.modeling.laterality_tmca (left/right conventions), tmca_hf.describer (reports from masks) and
+`tmca-data describe`."""
 
 import ast
 import json
@@ -9,15 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tmca_hf import data, reports_tmca
-from tmca_hf.reports_tmca import (
-    connected_components,
-    convert_laterality,
-    describe_mask,
-    parse_qata_report,
-    report_agreement,
-    swap_laterality,
-)
+from tmca_hf import data, describer, report_folders
+from tmca_hf.describer import connected_components, describe_mask
+from tmca_hf.modeling import laterality_tmca
+from tmca_hf.modeling.laterality_tmca import convert_laterality, swap_laterality
+from tmca_hf.report_folders import parse_qata_report, report_agreement
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,19 +81,19 @@ def test_convert_laterality():
         swap_laterality(None)
 
 
-def test_reports_module_imports_only_torch_transformers_pil_and_stdlib():
-    """It ships next to the processor as remote code."""
+def test_laterality_module_ships_on_the_standard_library_alone():
+    """The processor needs it in every saved model folder; the describer (scipy) stays in the toolkit."""
     import sys
 
-    tree = ast.parse(Path(reports_tmca.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(laterality_tmca.__file__).read_text(encoding="utf-8"))
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports: the module ships alone"
+            assert node.level == 0, "it imports nothing of the package"
             roots.add(node.module.split(".")[0])
-    assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers", "PIL"}
+    assert roots <= set(sys.stdlib_module_names)
 
 
 # ------------------------------------------------------------------------------------------------ components
@@ -109,7 +106,7 @@ def test_connected_components_known_components():
     assert components[0].bbox == (10, 10, 19, 29)
     assert components[0].centroid == pytest.approx((14.5, 19.5))
     assert [c.area for c in connected_components(mask)] == [200, 50]  # 2 pixels < 1/5000 of 224 x 224: noise
-    assert reports_tmca.default_min_area(224, 224) == 11  # ceil(224 * 224 / 5000)
+    assert describer.default_min_area(224, 224) == 11  # ceil(224 * 224 / 5000)
 
 
 def test_connected_components_connectivity_and_merging_shapes():
@@ -308,7 +305,7 @@ def test_cli_describe_help_says_it_does_not_replace_a_clinician(capsys):
 
 def test_describe_real_samples_laterality_and_count(tmp_path):
     """The 56 QaTa-COV19 sample masks against their LViT reports (image-side convention)."""
-    result = reports_tmca.describe_folder(
+    result = report_folders.describe_folder(
         SAMPLES / "masks", tmp_path, compare_dir=SAMPLES / "reports", read_mask=data.threshold_mask
     )
     agreement = result.agreement
@@ -322,8 +319,8 @@ def test_describe_real_samples_laterality_and_count(tmp_path):
 def test_describe_real_train_split(shared_data, tmp_path):
     """QaTa-COV19 train (5,713 masks, about 10 s): the figures of the issue and of the closing note."""
     root = shared_data / "qata_cov19"
-    ids = reports_tmca.read_split_ids(root / "split.json", "train")
-    agreement = reports_tmca.describe_folder(
+    ids = report_folders.read_split_ids(root / "split.json", "train")
+    agreement = report_folders.describe_folder(
         root / "masks", tmp_path, ids=ids, compare_dir=root / "reports", read_mask=data.threshold_mask
     ).agreement
     assert agreement["compared"] == 5713

@@ -183,7 +183,7 @@ def test_examples_run_as_the_ui_sends_them_score_what_the_model_scores_on_those_
     report it was trained on, not a mirrored one."""
     from tmca_hf.inference import predict
     from tmca_hf.metrics import SegmentationMetrics
-    from tmca_hf.reports_tmca import swap_laterality
+    from tmca_hf.modeling.laterality_tmca import swap_laterality
 
     loaded = app.MODEL
     model_laterality = loaded.processor.report_laterality

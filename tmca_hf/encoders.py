@@ -12,10 +12,10 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-from .configuration_tmca import TmcaConfig
-from .image_processing_tmca import IMAGENET_MEAN, IMAGENET_STD, TmcaImageProcessor
-from .modeling_tmca import TmcaForImageSegmentation
-from .processing_tmca import TmcaProcessor
+from .modeling.configuration_tmca import TmcaConfig
+from .modeling.image_processing_tmca import IMAGENET_MEAN, IMAGENET_STD, TmcaImageProcessor
+from .modeling.modeling_tmca import TmcaForImageSegmentation
+from .modeling.processing_tmca import TmcaProcessor
 
 
 OFFLINE_IMAGE_ENCODER = "efficientnet-lite0"

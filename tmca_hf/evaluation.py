@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from .data import load_split, normalize_split_name, skipped_message
-from .imaging_tmca import binary_mask
 from .inference import load_model
 from .metrics import SegmentationMetrics
+from .modeling.imaging_tmca import binary_mask
 
 
 TEXT_MODES = ("report", "shuffled", "empty")

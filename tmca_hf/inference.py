@@ -1,5 +1,5 @@
 """Inference helpers shared by the Gradio Space (`space/app.py`) and `tmca-predict` (`tmca_hf/predict.py`): report
-checks, model loading and batched prediction. Images are read by `tmca_hf.imaging_tmca` (the module every saved model
+checks, model loading and batched prediction. Images are read by `tmca_hf.modeling.imaging_tmca` (the module every saved model
 ships).
 """
 

@@ -51,8 +51,8 @@ from typing import Optional, Union
 
 from tqdm.auto import tqdm
 
-from .imaging_tmca import IMAGE_SUFFIXES, ImageReadError, read_image
 from .inference import RELEASED_MODEL, ReportError, check_report, check_threshold, load_model, mask_to_image, predict
+from .modeling.imaging_tmca import IMAGE_SUFFIXES, ImageReadError, read_image
 
 
 IMAGE_COLUMNS = ("image", "file", "filename", "img_name")

@@ -1,6 +1,6 @@
 """Tiny TMCA configurations for tests and smoke runs: the real classes at sizes that build and run in a blink."""
 
-from .configuration_tmca import TmcaConfig
+from .modeling.configuration_tmca import TmcaConfig
 
 
 def tiny_config(**overrides) -> TmcaConfig:

@@ -364,7 +364,7 @@ def test_cli_push(tmp_path, monkeypatch, capsys):
     def fake_push(dataset_dict, repo_id, private):
         pushed.update(repo=repo_id, private=private, n=len(dataset_dict["train"]))
 
-    monkeypatch.setattr(data, "push_tmca_dataset", fake_push)
+    monkeypatch.setattr(data.cli, "push_tmca_dataset", fake_push)
     assert data.main(["push", str(make_flat(tmp_path / "flat")), "someone/flat", "--private"]) == 0
     assert pushed == {"repo": "someone/flat", "private": True, "n": 3}
 

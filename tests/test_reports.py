@@ -13,6 +13,7 @@ from PIL import Image
 from tmca_hf import data, describer, report_folders
 from tmca_hf.describer import connected_components, describe_mask
 from tmca_hf.modeling import laterality_tmca
+from tmca_hf.modeling.imaging_tmca import threshold_mask
 from tmca_hf.modeling.laterality_tmca import convert_laterality, swap_laterality
 from tmca_hf.report_folders import parse_qata_report, report_agreement
 
@@ -306,7 +307,7 @@ def test_cli_describe_help_says_it_does_not_replace_a_clinician(capsys):
 def test_describe_real_samples_laterality_and_count(tmp_path):
     """The 56 QaTa-COV19 sample masks against their LViT reports (image-side convention)."""
     result = report_folders.describe_folder(
-        SAMPLES / "masks", tmp_path, compare_dir=SAMPLES / "reports", read_mask=data.threshold_mask
+        SAMPLES / "masks", tmp_path, compare_dir=SAMPLES / "reports", read_mask=threshold_mask
     )
     agreement = result.agreement
     assert agreement["compared"] == 56
@@ -321,7 +322,7 @@ def test_describe_real_train_split(shared_data, tmp_path):
     root = shared_data / "qata_cov19"
     ids = report_folders.read_split_ids(root / "split.json", "train")
     agreement = report_folders.describe_folder(
-        root / "masks", tmp_path, ids=ids, compare_dir=root / "reports", read_mask=data.threshold_mask
+        root / "masks", tmp_path, ids=ids, compare_dir=root / "reports", read_mask=threshold_mask
     ).agreement
     assert agreement["compared"] == 5713
     assert agreement["left_lung_in_left_half"] == {"share": pytest.approx(517 / 520), "of": 520, "agree": 517}

@@ -152,3 +152,24 @@ def test_config_json_carries_no_classification_labels_of_the_encoders(tmp_path):
     reloaded = AutoModel.from_pretrained(tmp_path)
     for key, value in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_save_release_stores_16_bit_weights_asks_for_float32_and_replaces_stale_code(tmp_path):
+    from safetensors import safe_open
+
+    from tmca_hf.hub import save_release
+
+    model, processor = save_tiny(tmp_path)
+    (tmp_path / "reports_tmca.py").write_text("# a module an older package shipped")
+    (tmp_path / "eval_results.json").write_text("{}")
+    save_release(model, processor, tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        dtypes = {str(weights.get_slice(key).get_dtype()) for key in weights.keys()}
+    assert dtypes <= {"F16", "I64"} and "F16" in dtypes
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "float32"
+    assert not (tmp_path / "reports_tmca.py").exists() and (tmp_path / "eval_results.json").exists()
+    assert {path.name for path in tmp_path.glob("*.py")} == REMOTE_CODE_FILES
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert reloaded.dtype == torch.float32 and model.dtype == torch.float32
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value.half().to(value.dtype) if value.is_floating_point() else value)

@@ -53,6 +53,12 @@ def test_release_folder_is_what_save_pretrained_writes_and_small():
     assert sum(path.stat().st_size for path in RELEASE.iterdir()) <= 60e6
     config = json.loads((RELEASE / "config.json").read_text())
     assert "AutoModel" in config["auto_map"] and config["text_dropout"] > 0
+    assert "id2label" not in config["backbone_config"], "the backbone's ImageNet labels do not travel"
+    shipped = REPO_ROOT / "tmca_hf" / "modeling"
+    code = {path.name for path in shipped.glob("*.py")} - {"__init__.py"}
+    assert {name for name in files if name.endswith(".py")} == code
+    for name in code:
+        assert (RELEASE / name).read_text() == (shipped / name).read_text(), f"{name} differs from the package's"
 
 
 def test_release_loads_offline_through_remote_code_and_segments_validation_samples(tmp_path):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 from huggingface_hub import HfApi
 
 
@@ -24,3 +25,23 @@ def push_folder_to_hub(folder, repo_id: str, private: bool = False, repo_type: s
         ignore_patterns=list(ignore_patterns),
     )
     return str(url)
+
+
+def save_release(model, processor, folder, dtype=torch.float16) -> Path:
+    """
+    Save `model` and `processor` into the model folder `folder` as the release is kept: every floating-point weight
+    stored in 16 bits (`dtype`, half the download) and `config.json` asking for float32, so `from_pretrained`
+    computes in float32 wherever dtype="auto". The folder's code files are replaced by the ones the package ships
+    now (stale ones removed); what else it holds (model card, eval_results.json, train_log.jsonl,
+    training_args.json) is kept. The model is handed back in float32.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.py"):
+        stale.unlink()
+    model.to(dtype).save_pretrained(folder)
+    model.to(torch.float32)
+    model.config.dtype = torch.float32
+    model.config.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -222,5 +222,17 @@ class TmcaConfig(PretrainedConfig):
         """Whether the model segments an image given without a report."""
         return not self.use_text or self.text_dropout > 0
 
+    def to_dict(self) -> dict:
+        """
+        As `PretrainedConfig.to_dict`, with the encoders' sub-configs saved without classification labels: an
+        ImageNet backbone brings 1,000 (`id2label` and `label2id`, 2,006 lines of config.json) that a segmenter never
+        uses. The segmenter's own labels stay.
+        """
+        output = super().to_dict()
+        for name in ("backbone_config", "text_config"):
+            for key in ("id2label", "label2id"):
+                output[name].pop(key, None)
+        return output
+
 
 __all__ = ["TmcaConfig"]

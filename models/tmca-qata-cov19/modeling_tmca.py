@@ -428,6 +428,7 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         self.post_init()
         if self.text_encoder is not None and config.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
+            self.text_encoder.eval()  # from construction on: a module built in Python starts in train mode
 
     def train(self, mode: bool = True):
         """A frozen text encoder stays in eval mode (no dropout) while the rest trains."""
@@ -484,6 +485,20 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             return labels[:, None].to(pixel_values.dtype)  # (B, 1, H, W)
         return None
 
+    def report_token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """
+        The text encoder's last hidden state for tokenised reports: the one text path. The forward uses it, and so does
+        anything that caches a frozen encoder's states beforehand (`DecodedSplit.cache_report_states`), so a cache holds
+        exactly what the forward would compute. A frozen encoder runs in eval mode (no dropout) and without gradients
+        whatever mode it was left in.
+        """
+        if not self.config.freeze_text_encoder:
+            return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.text_encoder.training:  # put in train mode by hand (`model.text_encoder.train()`): frozen means eval
+            self.text_encoder.eval()
+        with torch.no_grad():
+            return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def encode_text(self, input_ids, attention_mask, batch_size: int, device, hidden_states=None) -> TmcaText | None:
         """
         Token states, padding mask and sentence vector of the reports; the null text where there is none.
@@ -502,10 +517,7 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        states = hidden_states
-        if states is None:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-                states = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        states = hidden_states if hidden_states is not None else self.report_token_states(input_ids, attention_mask)
         weights = attention_mask[..., None].to(states.dtype)
         vector = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
         text = TmcaText(

@@ -3,7 +3,7 @@
 from transformers import BatchFeature, ProcessorMixin, __version__
 from transformers.processing_utils import ProcessingKwargs
 
-from .reports_tmca import CONVENTIONS, TRAINING_CONVENTION, convert_laterality
+from .laterality_tmca import CONVENTIONS, TRAINING_CONVENTION, convert_laterality
 
 
 class TmcaProcessorKwargs(ProcessingKwargs, total=False):

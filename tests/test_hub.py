@@ -44,6 +44,7 @@ def test_folder_holds_config_code_weights_processor_and_tokenizer(tmp_path):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_tmca.TmcaConfig",
         "AutoModel": "modeling_tmca.TmcaForImageSegmentation",
+        "AutoModelForImageSegmentation": "modeling_tmca.TmcaForImageSegmentation",
     }
     processor_config = json.loads((tmp_path / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_tmca.TmcaProcessor"
@@ -173,3 +174,44 @@ def test_save_release_stores_16_bit_weights_asks_for_float32_and_replaces_stale_
     assert reloaded.dtype == torch.float32 and model.dtype == torch.float32
     for key, value in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value.half().to(value.dtype) if value.is_floating_point() else value)
+
+
+PIPELINE_AS_HUB_USER = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, pipeline
+
+folder, image_path, report = sys.argv[1], sys.argv[2], sys.argv[3]
+segmenter = pipeline("image-segmentation", model=folder, trust_remote_code=True)
+image = Image.open(image_path).resize((150, 110))
+with_report, without_report = segmenter(image, text=report), segmenter(image)
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.inference_mode():
+    logits = model(**processor(images=image, text=report)).logits
+expected = processor.post_process_semantic_segmentation(logits, target_sizes=[(110, 150)])[0].numpy() * 255
+print(json.dumps({
+    "pipeline": type(segmenter).__name__,
+    "keys": sorted(with_report[0]), "label": with_report[0]["label"], "count": len(with_report),
+    "mask": [with_report[0]["mask"].mode, *with_report[0]["mask"].size], "without": len(without_report),
+    "same_as_model": bool(np.array_equal(np.asarray(with_report[0]["mask"]), expected.astype(np.uint8))),
+    "imported_tmca_hf": any(name.startswith("tmca_hf") for name in sys.modules),
+}))
+"""
+
+
+def test_pipeline_image_segmentation_runs_from_the_folder_alone(tmp_path):
+    """Issue 15 item 7: the model card's pipeline_tag works as transformers supports remote code."""
+    save_tiny(tmp_path / "model", text_dropout=0.2)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageSegmentation"] == "modeling_tmca.TmcaForImageSegmentation"
+    assert config["custom_pipelines"]["image-segmentation"]["impl"] == "pipeline_tmca.TmcaImageSegmentationPipeline"
+    image = Path(__file__).resolve().parents[1] / "samples" / "qata_cov19" / "images" / "covid_0060.png"
+    completed = run_as_hub_user(PIPELINE_AS_HUB_USER, tmp_path / "model", image, "lower left lung.", tmp_path=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result == {
+        "pipeline": "TmcaImageSegmentationPipeline", "keys": ["label", "mask", "score"], "label": "lesion",
+        "count": 1, "mask": ["L", 150, 110], "without": 1, "same_as_model": True, "imported_tmca_hf": False,
+    }

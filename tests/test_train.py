@@ -174,3 +174,43 @@ def test_best_per_epoch_dice_equals_the_final_evaluation_of_the_chosen_model(tmp
     assert final["text_mode"] == "report"
     for key in ("dice_per_image", "dice_pooled", "iou_per_image", "iou_pooled"):
         assert results["best"][key] == pytest.approx(final[key], abs=1e-9), key
+
+
+KVASIR_SAMPLES = REPO_ROOT / "samples" / "kvasir_seg"
+
+
+def test_two_datasets_train_one_model_validated_on_each(tmp_path):
+    output = finish(launch("--dataset", str(SAMPLES), str(KVASIR_SAMPLES), "--max_train_steps", "2",
+                           "--checkpointing_steps", "none", "--output_dir", str(tmp_path / "joint")))
+    assert "14 training and 8 validation examples" in output  # 8 + 6 Kvasir-SEG images; 4 + 4 validation images
+    record = json.loads((tmp_path / "joint" / "train_log.jsonl").read_text().splitlines()[-1])
+    per_dataset = record["validation"]
+    assert sorted(per_dataset) == ["kvasir_seg", "qata_cov19"]
+    mean = sum(scores["dice_per_image"] for scores in per_dataset.values()) / 2
+    assert record["dice_per_image"] == pytest.approx(mean)  # selection weighs each dataset the same
+    results = json.loads((tmp_path / "joint" / "eval_results.json").read_text())
+    assert [(r["dataset"], r["text_mode"], r["num_images"]) for r in results["evaluation"]] == [
+        ("qata_cov19", "report", 4), ("kvasir_seg", "report", 4)]
+    assert json.loads((tmp_path / "joint" / "training_args.json").read_text())["dataset"] == [str(SAMPLES), str(KVASIR_SAMPLES)]
+    assert "Validation (kvasir_seg, validation, 4 images" in output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no CUDA device is visible")
+@pytest.mark.parametrize("flags, message", [
+    (["--torch_compile"], "--torch_compile is part of the CUDA fast path and this machine has no CUDA device"),
+    (["--torch_compile", "reduce-overhead"], "--torch_compile is part of the CUDA fast path"),
+    (["--fused_adamw"], "--fused_adamw is part of the CUDA fast path"),
+    (["--torch_compile", "fastest"], "invalid choice: 'fastest'"),
+    (["--dataset", str(SAMPLES), str(SAMPLES)], "--dataset names a source twice"),
+    (["--dataset", str(SAMPLES), str(REPO_ROOT / "samples" / "x" / "qata_cov19")], "must have distinct names"),
+])
+def test_fast_path_and_dataset_flags_are_checked_before_any_work(capsys, flags, message):
+    train_script = load_train_script()
+    with pytest.raises(SystemExit):
+        train_script.parse_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_one_dataset_keeps_the_single_source_arguments():
+    args = load_train_script().parse_args(["--dataset", str(SAMPLES)])
+    assert args.dataset == str(SAMPLES) and args.torch_compile is None and not args.fused_adamw

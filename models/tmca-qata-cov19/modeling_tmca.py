@@ -6,7 +6,9 @@ multi-level contrastive alignment (MCA) and language-guided target enhancement (
 """
 
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -384,6 +386,29 @@ class TmcaPreTrainedModel(PreTrainedModel):
             nn.init.constant_(module.gamma, self.config.enhancement_init)
         elif isinstance(module, TmcaForImageSegmentation) and module.null_text is not None:
             nn.init.normal_(module.null_text, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """
+        As `PreTrainedModel.save_pretrained`. A folder saved with remote code (the classes registered for the Auto
+        classes, as importing `tmca_hf` does) also serves `pipeline("image-segmentation", model=folder,
+        trust_remote_code=True)`: `auto_map` names the model for `AutoModelForImageSegmentation` too,
+        `config.custom_pipelines` names the pipeline, and its file (`pipeline_tmca.py`, beside this module) is copied
+        in. (It is not imported here: a model loads without it, on transformers 4 too.)
+        """
+        pipeline_file = Path(__file__).with_name("pipeline_tmca.py")
+        if self._auto_class is not None and pipeline_file.is_file():
+            model_class = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModelForImageSegmentation": model_class}
+            self.config.custom_pipelines = {
+                "image-segmentation": {
+                    "impl": "pipeline_tmca.TmcaImageSegmentationPipeline",
+                    "pt": ["AutoModelForImageSegmentation"],
+                    "type": "multimodal",
+                }
+            }
+            Path(save_directory).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class TmcaForImageSegmentation(TmcaPreTrainedModel):

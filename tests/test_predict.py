@@ -450,3 +450,58 @@ def test_predict_maps_patient_side_reports_to_the_models_convention(model_dir, i
     scores = [{entry["file"]: entry["consistency"] for entry in summary["images"]} for summary in summaries]
     assert scores[0]["case_a.png"] == scores[1]["case_a.png"], "a bilateral report reads the same on both sides"
     assert scores[0]["case_b.png"] != scores[1]["case_b.png"], "'left lung' became 'right lung'"
+
+
+def test_predict_skips_report_files_that_name_no_image_and_lists_what_it_ignored(model_dir, tmp_path, capsys):
+    """Issue 15 item 9: a stray README.txt in a reports folder no longer aborts the batch."""
+    samples = SAMPLES / "qata_cov19"
+    for folder in ("images", "reports"):
+        (tmp_path / folder).mkdir()
+    for id_ in ("covid_0060", "covid_0395"):
+        (tmp_path / "images" / f"{id_}.png").symlink_to(samples / "images" / f"{id_}.png")
+        (tmp_path / "reports" / f"{id_}.txt").symlink_to(samples / "reports" / f"{id_}.txt")
+    (tmp_path / "reports" / "README.txt").write_text("Reports written by Dr. X, 2026.")
+    (tmp_path / "reports" / "notes.md").write_text("not a report")
+    (tmp_path / "images" / "index.csv").write_text("not an image")
+    assert _run(model_dir, tmp_path / "images", tmp_path / "reports", tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 report file(s)" in err and "README.txt" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [entry["file"] for entry in summary["images"]] == ["covid_0060.png", "covid_0395.png"]
+    assert summary["unmatched_reports"] == ["README.txt"]
+    assert summary["ignored_files"] == {"reports": ["notes.md"], "images": ["index.csv"]}
+    assert "1 report file(s) named no image and were skipped: README.txt" in err
+    assert "2 file(s) ignored" in err and "reports: notes.md" in err and "images: index.csv" in err
+    (tmp_path / "reports" / "covid_9999.txt").write_text("lower left lung.")  # a CSV/JSON row would be refused
+    csv = tmp_path / "reports.csv"
+    csv.write_text("image,report\ncovid_0060.png,a\ncovid_0395.png,b\ncovid_9999.png,c\n")
+    assert _run(model_dir, tmp_path / "images", csv, tmp_path / "out2") == 2
+    assert "1 report(s) name images that are not in" in capsys.readouterr().err
+
+
+def test_predict_takes_a_single_image_file(model_dir, image_folder, tmp_path):
+    images, reports = image_folder
+    assert _run(model_dir, images / "case_b.png", reports, images / "out") == 0  # beside the image is fine here
+    summary = json.loads((images / "out" / "summary.json").read_text())
+    assert [entry["file"] for entry in summary["images"]] == ["case_b.png"]
+    assert summary["images"][0]["report"] == "one infected area in the left lung"
+    assert _run(model_dir, images / "nothing.png", reports, tmp_path / "none") == 2
+
+
+def test_predict_closes_with_the_images_that_need_a_look(model_dir, image_folder, tmp_path, capsys, monkeypatch):
+    """Low-consistency (below the Space's warning) and text-free predictions are named at the end, not only in
+    summary.json."""
+    import tmca_hf.predict as predict
+
+    images, reports = image_folder
+    monkeypatch.setattr(predict, "CONSISTENCY_WARNING", 1.01)  # every report "may not match": all are named
+    assert _run(model_dir, images, reports, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["text_free"] == ["case_c.dcm"]
+    assert "1 image(s) segmented without a report (text-free, less reliable): case_c.dcm" in err
+    flagged = summary["low_consistency"]
+    assert [entry["file"] for entry in flagged] == sorted(["case_a.png", "case_b.png"], key=lambda name: next(
+        e["consistency"] for e in summary["images"] if e["file"] == name))
+    assert "2 image(s) whose report may not match (consistency below 1.01" in err
+    assert all(f"{entry['file']} ({entry['consistency']:.2f})" in err for entry in flagged)

@@ -16,6 +16,7 @@ from transformers import AutoModel, AutoProcessor
 
 # The trained model this repository releases (present in a clone of it; the default of tmca-predict and the Space).
 RELEASED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tmca-qata-cov19"
+CONSISTENCY_WARNING = 0.5  # below this, applications warn that the report may not match the image
 
 # A report is tokenised only this many characters per model token when counting what is cut (long reports are cheap).
 _CHARS_PER_TOKEN_CHECKED = 64

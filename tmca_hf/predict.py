@@ -14,11 +14,13 @@ Reports (one report per image under `--images`), UTF-8:
 - A folder of `<image>.txt` files, one report each (the layout of `samples/qata_cov19/reports`); a file's path
   relative to that folder, without `.txt`, names its image.
 
-Images are every file under `--images` (subfolders included, hidden ones left out), named by their path relative to
-it. A report names its image by that relative path (`left/a.png`), by the path without its image extension
+`--images` is one image file, or a folder: its images are every file under it (subfolders included, hidden ones
+left out), named by their path relative to it. A report names its image by that relative path (`left/a.png`), by the path without its image extension
 (`left/a`), or by a file name, with or without its image extension, found once in the tree (`a.png`, `a`; for a path
 whose folder is not there, at the top of the folder); a name that fits several images, or two reports that name one
-image, are refused. Every image with a supported extension (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM
+image, are refused; in a reports folder, a `.txt` file that names no image (a stray README.txt) is skipped with a
+warning and listed in summary.json (`unmatched_reports`), and so are the files there that are not `.txt`
+(`ignored_files`). Every image with a supported extension (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM
 .dcm/.dicom) needs a report, and every report needs its image; files named by a report are read whatever their
 extension (DICOM without one). An empty report means text-free inference, allowed only for models that support it
 (`config.supports_text_free_inference`). `--dataset` reads any layout `tmca_hf.data.load_tmca_dataset` reads (LViT,
@@ -27,7 +29,9 @@ flat, medvlsm, saved, parquet, Hub); with `--skip_invalid` its invalid examples 
 Output, only inside `OUT`: one mask PNG per image, the original size, 0 (background) / 255 (lesion), named by
 `MASK_NAMING` (also recorded in summary.json); `OUT/summary.json` with the per-image file, mask, report, size, lesion
 pixels, area fraction and report-image consistency (0-1, how well the report matches the image; null without a
-report), the laterality convention used, the skipped examples, the totals and the timing. An existing non-empty `OUT` is only written
+report), the laterality convention used, the skipped examples, the images whose report may not match (`low_consistency`:
+consistency below 0.5, the Space's warning) and those segmented without a report (`text_free`), the totals and the
+timing; the same lists close the run on stderr. An existing non-empty `OUT` is only written
 to with `--overwrite` (which first removes the masks a previous run listed in its summary.json).
 
 Exit status: 0 when every image was segmented, 1 when some images could not be read (they are listed on stderr and in
@@ -43,7 +47,16 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
-from .inference import RELEASED_MODEL, ReportError, check_report, check_threshold, load_model, mask_to_image, predict
+from .inference import (
+    CONSISTENCY_WARNING,
+    RELEASED_MODEL,
+    ReportError,
+    check_report,
+    check_threshold,
+    load_model,
+    mask_to_image,
+    predict,
+)
 from .modeling.imaging_tmca import ImageReadError, read_image
 from .prediction_inputs import MASK_NAMING, assign_mask_names, dataset_items, folder_items, is_mask_name, read_reports
 
@@ -111,10 +124,14 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     output_dir = Path(args.output_dir)
+    unmatched_reports, ignored_files = [], {}
     if args.images:
-        images_dir = Path(args.images)
-        items, skipped = folder_items(images_dir, read_reports(args.reports)), []
-        source = {"images": str(images_dir), "reports": str(args.reports)}
+        images = Path(args.images)
+        matched = folder_items(images, read_reports(args.reports))
+        items, skipped = matched.items, []
+        unmatched_reports, ignored_files = matched.unmatched_reports, matched.ignored_files
+        images_dir = None if images.is_file() else images  # a folder whose subfolders are read as images
+        source = {"images": str(images), "reports": str(args.reports)}
     else:
         images_dir = None
         items, skipped = dataset_items(args.dataset, args.split, args.prompt_key, args.skip_invalid)
@@ -173,6 +190,13 @@ def run(args) -> int:
         "images": results,
         "failed": failed,
         "skipped": [str(problem) for problem in skipped],
+        "unmatched_reports": unmatched_reports,
+        "ignored_files": ignored_files,
+        "low_consistency": [
+            {"file": result["file"], "consistency": result["consistency"]} for result in flagged_consistency(results)
+        ],
+        "consistency_warning_below": CONSISTENCY_WARNING,
+        "text_free": [result["file"] for result in results if result["text_free"]],
         "totals": {
             "images": len(results),
             "failed": len(failed),
@@ -191,11 +215,43 @@ def run(args) -> int:
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"tmca-predict: {len(results)} mask(s) and {SUMMARY_FILE} written to {output_dir} "
           f"({total_seconds:.1f} s).", file=sys.stderr)
+    print_closing_summary(summary)
     if failed:
         listing = "\n  ".join(f"{entry['file']}: {entry['error']}" for entry in failed)
         print(f"tmca-predict: {len(failed)} image(s) could not be read:\n  {listing}", file=sys.stderr)
         return 1
     return 0
+
+
+def flagged_consistency(results: list) -> list:
+    """The results whose report may not match the image: consistency below `CONSISTENCY_WARNING` (lowest first)."""
+    low = [r for r in results if r["consistency"] is not None and r["consistency"] < CONSISTENCY_WARNING]
+    return sorted(low, key=lambda result: result["consistency"])
+
+
+def print_closing_summary(summary: dict) -> None:
+    """What needs a look, named, on stderr: reports that may not match their image, text-free predictions, report
+    files that named no image and files left unused (all of them in summary.json too)."""
+    def named(entries) -> str:
+        entries = list(entries)
+        return ", ".join(entries[:10]) + (f" and {len(entries) - 10} more" if len(entries) > 10 else "")
+
+    lines = []
+    if summary["low_consistency"]:
+        lines.append(f"{len(summary['low_consistency'])} image(s) whose report may not match (consistency below "
+                     f"{CONSISTENCY_WARNING}; check the report and --laterality): "
+                     + named(f"{entry['file']} ({entry['consistency']:.2f})" for entry in summary["low_consistency"]))
+    if summary["text_free"]:
+        lines.append(f"{len(summary['text_free'])} image(s) segmented without a report (text-free, less reliable): "
+                     + named(summary["text_free"]))
+    if summary["unmatched_reports"]:
+        lines.append(f"{len(summary['unmatched_reports'])} report file(s) named no image and were skipped: "
+                     + named(summary["unmatched_reports"]))
+    unused = [f"{folder}: {name}" for folder, names in summary["ignored_files"].items() for name in names]
+    if unused:
+        lines.append(f"{len(unused)} file(s) ignored (neither an image nor a .txt report): {named(unused)}")
+    for line in lines:
+        print(f"tmca-predict: {line}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         + (f" (default: the released {RELEASED_MODEL.name})" if released else ""),
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", help="folder of images (PNG, JPEG, 16-bit PNG, TIFF, DICOM, ...)")
+    source.add_argument("--images", help="an image file, or a folder of images (PNG, JPEG, 16-bit PNG, TIFF, DICOM, ...)")
     source.add_argument("--dataset", help="dataset folder (LViT, flat, medvlsm, saved, parquet) or Hub dataset id")
     parser.add_argument("--reports", help="CSV or JSON file, or folder of .txt files: one report per image (with --images)")
     parser.add_argument("--split", default="validation", help="dataset split (with --dataset; default: validation)")

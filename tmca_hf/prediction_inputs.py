@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -119,19 +119,35 @@ def _json_pairs(path: Path) -> list:
     return pairs
 
 
-def _text_file_pairs(folder: Path) -> list:
-    """A folder of per-image `.txt` reports: (path relative to the folder without .txt, report)."""
-    files = [path for path in _listed_files(folder) if path.suffix.lower() == ".txt"]
+def _text_file_pairs(folder: Path) -> tuple:
+    """A folder of per-image `.txt` reports: (path relative to the folder without .txt, report) pairs, and the other
+    files there, which are ignored."""
+    listed = _listed_files(folder)
+    files = [path for path in listed if path.suffix.lower() == ".txt"]
     if not files:
         raise ValueError(f"Reports folder {folder} has no .txt files; expected one <image name>.txt report per image.")
-    return [(path.relative_to(folder).with_suffix("").as_posix(), _read_text(path)) for path in files]
+    ignored = [path.relative_to(folder).as_posix() for path in listed if path.suffix.lower() != ".txt"]
+    return [(path.relative_to(folder).with_suffix("").as_posix(), _read_text(path)) for path in files], ignored
 
 
-def read_reports(path: Union[str, Path]) -> dict:
-    """A CSV or JSON reports file or a folder of .txt reports (see the module docstring) as `{image name: report}`."""
+@dataclass
+class Reports:
+    """The reports of a CSV, a JSON file or a folder: `{image name: report}`; for a folder, also the files there
+    that are not `.txt` reports (`ignored`). A folder's `.txt` file that names no image (a stray README.txt) is
+    skipped with a warning rather than refused: `from_folder` says so."""
+
+    by_name: dict
+    source: Path
+    from_folder: bool = False
+    ignored: list = field(default_factory=list)
+
+
+def read_reports(path: Union[str, Path]) -> Reports:
+    """A CSV or JSON reports file or a folder of .txt reports (see the module docstring)."""
     path = Path(path)
+    ignored = []
     if path.is_dir():
-        pairs = _text_file_pairs(path)
+        pairs, ignored = _text_file_pairs(path)
     elif not path.is_file():
         raise FileNotFoundError(f"Reports file or folder {path} not found.")
     elif path.suffix.lower() == ".csv":
@@ -150,7 +166,7 @@ def read_reports(path: Union[str, Path]) -> dict:
         reports[name] = report
     if not reports:
         raise ValueError(f"{path} has no reports.")
-    return reports
+    return Reports(reports, path, path.is_dir(), ignored)
 
 
 # ---------------------------------------------------------------------------------------------- images folder
@@ -194,37 +210,65 @@ def _shown(names: list) -> str:
     return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def folder_items(images_dir: Path, reports: dict) -> list:
-    """Match the images under a folder with their reports; every image needs one report and every report an image."""
-    if not images_dir.is_dir():
-        raise NotADirectoryError(f"--images {images_dir} is not a folder.")
-    files = {path.relative_to(images_dir).as_posix(): path for path in _listed_files(images_dir)}
+@dataclass
+class MatchedFolder:
+    """What `folder_items` found: the items to segment, the reports that name no image (a folder's stray .txt
+    files: skipped), and the files that were not used (a reports folder's other files, non-image files under
+    `--images` that no report names)."""
+
+    items: list
+    unmatched_reports: list
+    ignored_files: dict  # {"reports": [...], "images": [...]}, paths relative to each folder
+
+
+def folder_items(images: Path, reports: Reports) -> MatchedFolder:
+    """
+    Match the images under a folder (or one image file) with their reports: every image needs one report, and every
+    report of a CSV or JSON file an image; a `.txt` report in a reports folder that names no image is skipped. With
+    one image file, the reports of other images are not needed.
+    """
+    single = images.is_file()
+    if not single and not images.is_dir():
+        raise FileNotFoundError(f"--images {images} is neither an image file nor a folder.")
+    root = images.parent if single else images
+    files = {images.name: images} if single else {path.relative_to(root).as_posix(): path for path in _listed_files(root)}
     matched, named_by, unknown = {}, {}, []
-    for key, report in reports.items():
+    for key, report in reports.by_name.items():
         found = _candidates(key, files)
         if len(found) > 1:
             raise ValueError(
-                f"The report for {key!r} fits {len(found)} images in {images_dir}: {_shown(found)}; name the image "
-                f"by its path relative to {images_dir} (e.g. {found[0]!r})."
+                f"The report for {key!r} fits {len(found)} images in {root}: {_shown(found)}; name the image "
+                f"by its path relative to {root} (e.g. {found[0]!r})."
             )
         if not found:
             unknown.append(key)
             continue
         if found[0] in named_by:
             raise ValueError(
-                f"The reports for {named_by[found[0]]!r} and {key!r} both name {images_dir / found[0]}; give each image "
-                f"one report, named by its path relative to {images_dir}."
+                f"The reports for {named_by[found[0]]!r} and {key!r} both name {root / found[0]}; give each image "
+                f"one report, named by its path relative to {root}."
             )
         named_by[found[0]], matched[found[0]] = key, report
-    if unknown:
-        raise FileNotFoundError(f"{len(unknown)} report(s) name images that are not in {images_dir}: {_shown(unknown)}.")
+    unmatched = []
+    if unknown and reports.from_folder and not single:
+        unmatched = [f"{key}.txt" for key in unknown]
+        print(f"tmca-predict: warning: skipped {len(unmatched)} report file(s) in {reports.source} that name no image "
+              f"in {root}: {_shown(unmatched)} (listed in summary.json).", file=sys.stderr)
+    elif unknown and not single:
+        raise FileNotFoundError(f"{len(unknown)} report(s) name images that are not in {root}: {_shown(unknown)}.")
+    if single and images.name not in matched:
+        raise ValueError(f"{reports.source} has no report for {images.name}; add one (an empty report asks for "
+                         f"text-free inference).")
     missing = [name for name in files if name.lower().endswith(IMAGE_SUFFIXES) and name not in matched]
     if missing:
         raise ValueError(
-            f"{len(missing)} image(s) in {images_dir} have no report: {_shown(missing)}. Add them to the reports (an "
+            f"{len(missing)} image(s) in {root} have no report: {_shown(missing)}. Add them to the reports (an "
             f"empty report asks for text-free inference) or move them out of the folder."
         )
-    return [PredictionItem(name, files[name], matched[name]) for name in sorted(matched)]
+    beside = reports.from_folder and reports.source.resolve() == root.resolve()  # reports beside their images
+    unused = [name for name in files if name not in matched and not (beside and name.lower().endswith(".txt"))]
+    items = [PredictionItem(name, files[name], matched[name]) for name in sorted(matched)]
+    return MatchedFolder(items, unmatched, {"reports": sorted(reports.ignored), "images": unused})
 
 
 def dataset_items(source: str, split: str, prompt_key: str, skip_invalid: bool) -> tuple:

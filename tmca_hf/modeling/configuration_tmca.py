@@ -40,6 +40,18 @@ def _as_config(value, default: dict) -> PretrainedConfig:
     return CONFIG_MAPPING[model_type](**value)
 
 
+def _as_ood_threshold(value):
+    """`None`, or `ood_threshold` as a positive finite float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"ood_threshold must be None or a positive number (the image-statistics score above which an image is "
+            f"unlike the training images), got {value!r}."
+        )
+    return float(value)
+
+
 def _as_calibration(value):
     """`None`, or `consistency_calibration` as a list of two finite floats [a, b]."""
     if value is None:
@@ -124,6 +136,10 @@ class TmcaConfig(PretrainedConfig):
             sigmoid(a * s + b)`, s the mean over alignment levels of the cosine between the report embedding and
             the predicted target embedding. Fitted on a validation split (`benchmarks/consistency_auroc.py
             --calibrate`); `a` is normally positive. `None` (default): the score is the uncalibrated `(s + 1) / 2`.
+        ood_threshold (`float`, *optional*):
+            The image-statistics score (`outputs.ood_score`, see `TmcaImageStatistics`) above which an image is
+            unlike the training images. Set, with the statistics, by `tmca_hf.image_checks.fit_image_statistics` on a
+            training split; `None` (the default) means the statistics were never measured and no score is returned.
     """
 
     model_type = "tmca"
@@ -155,6 +171,7 @@ class TmcaConfig(PretrainedConfig):
         cross_attention_init=0.01,
         initializer_range=0.02,
         consistency_calibration=None,
+        ood_threshold=None,
         **kwargs,
     ):
         self.backbone_config = _as_config(backbone_config, DEFAULT_BACKBONE_CONFIG)
@@ -183,6 +200,7 @@ class TmcaConfig(PretrainedConfig):
         self.cross_attention_init = cross_attention_init
         self.initializer_range = initializer_range
         self.consistency_calibration = _as_calibration(consistency_calibration)
+        self.ood_threshold = _as_ood_threshold(ood_threshold)
         super().__init__(num_labels=num_labels, **kwargs)
         self._validate_tmca()
 

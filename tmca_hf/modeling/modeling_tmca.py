@@ -61,6 +61,9 @@ class TmcaSegmentationOutput(ModelOutput):
             compare), for models without alignment levels (no joint report-pixel space to measure in) and for
             `num_labels != 1` (no single predicted target region). In training mode, samples whose report text
             dropout replaced by the null text score NaN. Detached: it never changes the logits or the losses.
+        ood_score (`torch.FloatTensor` of shape `(batch_size,)`, returned when `config.ood_threshold` is set): how
+            unlike the training images an image is (see [`TmcaImageStatistics`]): about 1 for images like them,
+            higher for others; above `config.ood_threshold` the image is not one the model can vouch for.
     """
 
     loss: torch.FloatTensor | None = None
@@ -71,6 +74,7 @@ class TmcaSegmentationOutput(ModelOutput):
     contrastive_loss: torch.FloatTensor | None = None
     pixel_alignment_loss: torch.FloatTensor | None = None
     consistency: torch.FloatTensor | None = None
+    ood_score: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -209,6 +213,34 @@ def _position_channels(features: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=features.device, dtype=features.dtype)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, h, w): x then y
     return grid[None].expand(batch_size, -1, -1, -1)
+
+
+class TmcaImageStatistics(nn.Module):
+    """
+    Is the image one the model knows? The training images' statistics in the image encoder's own feature space, for
+    the globally pooled stride-32 features: their mean and standard deviation, and the shrunk inverse correlation of
+    the standardised features (every buffer of moderate size, so 16-bit weight files hold it). They are saved with
+    the weights, and zero until `tmca_hf.image_checks.fit_image_statistics` measures them on a training split. An
+    image's score is its Mahalanobis distance from the training images divided by the square root of the feature
+    count: about 1 for images like the training ones, higher for images of another kind (a photo, an endoscopy frame
+    for a chest X-ray model, noise).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("precision", torch.zeros(channels, channels))
+
+    @staticmethod
+    def pooled(features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) stride-32 features -> (B, C) in float32."""
+        return features.float().mean((2, 3))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        standardised = (self.pooled(features) - self.mean.float()) / self.scale.float()
+        squared = ((standardised @ self.precision.float()) * standardised).sum(-1).clamp(min=0)
+        return (squared / self.mean.numel()).sqrt()
 
 
 class TmcaTargetEnhancement(nn.Module):
@@ -384,6 +416,10 @@ class TmcaPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.pixel_logit_bias)
         elif isinstance(module, TmcaTargetEnhancement):
             nn.init.constant_(module.gamma, self.config.enhancement_init)
+        elif isinstance(module, TmcaImageStatistics):
+            nn.init.zeros_(module.mean)
+            nn.init.ones_(module.scale)
+            nn.init.zeros_(module.precision)
         elif isinstance(module, TmcaForImageSegmentation) and module.null_text is not None:
             nn.init.normal_(module.null_text, std=std)
 
@@ -450,6 +486,7 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             else {}
         )
         self.segmentation_head = nn.Conv2d(hidden[3], config.num_labels, 1)
+        self.image_statistics = TmcaImageStatistics(channels[3])
         self.post_init()
         if self.text_encoder is not None and config.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
@@ -681,13 +718,15 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         if input_ids is not None and alignments and self.config.num_labels == 1:
             consistency = report_consistency(logits, alignments, self.config.consistency_calibration)
             consistency = consistency.where(text.has_report, float("nan"))  # NaN only where text dropout hit
+        ood_score = None if self.config.ood_threshold is None else self.image_statistics(features[3]).detach()
         output = TmcaSegmentationOutput(
             logits=logits,
             alignment_maps=tuple(maps[stride] for stride in self.config.alignment_levels),
             **losses,
             consistency=consistency,
+            ood_score=ood_score,
         )
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["TmcaPreTrainedModel", "TmcaForImageSegmentation", "TmcaSegmentationOutput", "report_consistency"]
+__all__ = ["TmcaForImageSegmentation", "TmcaImageStatistics", "TmcaPreTrainedModel", "TmcaSegmentationOutput", "report_consistency"]

@@ -40,8 +40,10 @@ from huggingface_hub import ModelCard, hf_hub_download  # noqa: E402
 from PIL import Image, ImageChops, ImageFilter  # noqa: E402
 
 from tmca_hf.data import load_tmca_dataset  # noqa: E402
+from tmca_hf.describer import CHEST_XRAY_ZONES, SIDES, number_word, qata_report  # noqa: E402
 from tmca_hf.inference import ReportError, check_report, check_threshold, load_model, mask_to_image, predict  # noqa: E402
 from tmca_hf.metrics import SegmentationMetrics  # noqa: E402
+from tmca_hf.model_card import RESULTS_END, RESULTS_START, results_table  # noqa: E402
 from tmca_hf.modeling.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_display_rgb  # noqa: E402
 
 
@@ -52,12 +54,21 @@ REPO_ROOT = APP_DIR.parent
 DEFAULT_MODELS = (REPO_ROOT / "models" / "tmca-qata-cov19", REPO_ROOT / "outputs" / "tmca-qata-sample")
 QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full
 DISPLAY_SIDE = 1024  # the overlay and heatmaps are drawn at most this large; the mask file keeps the original size
+RESULT_SIDE = 512  # ... and at least this large (a 224 x 224 X-ray is enlarged): larger than each heatmap on the page
 THUMBNAIL_SIDE = 256
 CONSISTENCY_WARNING = 0.5  # below this the Space warns that the report may not match the image
-PREDICTION_COLOUR, TRUTH_COLOUR = (255, 45, 85), (40, 220, 90)
+# Okabe-Ito blue and yellow: apart for protan, deutan and tritan readers, and clear of gray X-rays and of pink
+# endoscopy (tests/test_space.py measures both on the samples; red and green were 15 Delta-E apart for deutans).
+PREDICTION_COLOUR, TRUTH_COLOUR = (0, 114, 178), (240, 228, 66)
+PREDICTION_NAME, TRUTH_NAME = "blue", "yellow"
 # Perceptually ordered colours (inferno-like) for the alignment heatmaps: dark = the report does not point here.
 HEATMAP_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NUL and friends; tab and newlines are kept
+# Datasets whose reports are QaTa-COV19's sentences (LViT's annotations): the chest X-ray models the picker writes for.
+QATA_STYLE_DATASETS = ("qatacov19",)  # as `_key` spells them
+CONSISTENCY_AUROC_FILE = "consistency_auroc.json"  # the JSON line benchmarks/consistency_auroc.py prints, kept beside the model
+TEXT_MODES = {"report": "with its report", "shuffled": "with another image's report (shuffled)",
+              "empty": "with no report (empty)"}  # the rows of the model card's results table
 HOW_TO_GET_A_MODEL = (
     "Train one with the README's main job (`accelerate launch train.py`, it writes `outputs/tmca-qata-sample`), or "
     "point the app to a model folder or Hub id: `python space/app.py --model PATH_OR_HUB_ID` (or `TMCA_MODEL=...`)."
@@ -67,19 +78,34 @@ HOW_TO_GET_A_MODEL = (
 # ------------------------------------------------------------------------------------------------------ model
 
 
+class Result(NamedTuple):
+    """One row of the model's validation results: the text it was given, and the Dice per image it scored."""
+
+    text_mode: str  # "report", "shuffled" (another image's report) or "empty" (no report)
+    dice_per_image: Optional[float]  # percent; None when the row was not available (e.g. "empty" without text dropout)
+    num_images: Optional[int]
+    dataset: str = ""  # for a model validated on several datasets
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """The model, its processor, and what its folder says about it (model card, eval_results.json)."""
+    """The model, its processor, and what its folder says about it (model card, eval_results.json, ...)."""
 
     name: str
     model: object
     processor: object
     trained_on: tuple  # dataset names, e.g. ("QaTa-COV19", "qata_cov19")
-    validation_dice: Optional[str]  # e.g. "74.59 % (per image, 1,429 validation images)"
+    validation: tuple = ()  # `Result`s, the model card's rows: its report, another image's ("shuffled"), none ("empty")
+    consistency_auroc: Optional[dict] = None  # what benchmarks/consistency_auroc.py measured, when the folder keeps it
 
     @property
     def text_free(self) -> bool:
         return bool(getattr(self.model.config, "supports_text_free_inference", False))
+
+    @property
+    def chest_xray(self) -> bool:
+        """Trained on QaTa-COV19-style reports: the report picker writes those."""
+        return any(_key(name) in QATA_STYLE_DATASETS for name in self.trained_on)
 
 
 MODEL: Union[LoadedModel, str, None] = None  # the loaded model, or why there is none; set once by `load`
@@ -104,31 +130,76 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())  # "QaTa-COV19", "qata_cov19" -> "qatacov19"
 
 
+def _cells(line: str) -> list:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _card_results(text: str) -> list:
+    """The rows of the results table that `tmca_hf.model_card.results_table` writes into the card (train.py's, or
+    tmca-evaluate's for a release): "| report | 1429 | 69.65 | ..." -> Result("report", 69.65, 1429)."""
+    header, separator = results_table([]).splitlines()
+    block = text.partition(RESULTS_START)[2].partition(RESULTS_END)[0].splitlines()
+    if header not in block:
+        return []
+    column = _cells(header).index("Dice per-image")
+    results = []
+    for line in block[block.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = _cells(line)
+        mode, _, dataset = cells[0].partition(" (")  # "report (qata_cov19)" for a model of several datasets
+        try:
+            dice, images = float(cells[column]), int(cells[1])
+        except (ValueError, IndexError):  # "| empty | - | not available: ... |"
+            dice, images = None, None
+        results.append(Result(mode, dice, images, dataset.rstrip(")")))
+    return results
+
+
+def _consistency_auroc(name: str) -> Optional[dict]:
+    """What `benchmarks/consistency_auroc.py` printed for this model, when its JSON line is kept in the model folder
+    as consistency_auroc.json (`... > MODEL/consistency_auroc.json`); None when the folder does not record it."""
+    if (path := _model_file(name, CONSISTENCY_AUROC_FILE)) is None:
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not all(isinstance(record.get(key), (int, float)) and 0 <= record[key] <= 1 for key in ("auroc_a", "auroc_b")):
+            raise ValueError("auroc_a and auroc_b must be numbers in [0, 1]")
+        int(record["num_images"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        logger.warning("%s: %s is not what benchmarks/consistency_auroc.py prints (%s); the app does not show it",
+                       name, CONSISTENCY_AUROC_FILE, error)
+        return None
+    return record
+
+
 def model_facts(name: str) -> tuple:
-    """(training dataset names, validation Dice in words or None) from the model card, eval_results.json and
-    training_args.json, the files `train.py` writes beside the weights."""
-    trained_on, dice = [], None
+    """(training dataset names, validation `Result`s, the consistency AUROC record or None) from the model card,
+    eval_results.json, training_args.json (the files `train.py` writes beside the weights) and consistency_auroc.json."""
+    trained_on, results, card_results = [], [], []
     if (readme := _model_file(name, "README.md")) is not None:
-        card = ModelCard.load(readme).data
-        trained_on += [card.datasets] if isinstance(card.datasets, str) else list(card.datasets or [])
-        for result in card.eval_results or []:
+        card = ModelCard.load(readme)
+        trained_on += [card.data.datasets] if isinstance(card.data.datasets, str) else list(card.data.datasets or [])
+        card_results = _card_results(card.text)
+        for result in card.data.eval_results or []:
             trained_on.append(result.dataset_name)
-            if result.metric_type == "dice_per_image" and dice is None:
-                dice = f"{result.metric_value:.2f} % (per image, {result.dataset_split} split)"
+            if result.metric_type == "dice_per_image" and not card_results:  # a card without the results table
+                card_results = [Result("report", float(result.metric_value), None)]
     if (path := _model_file(name, "training_args.json")) is not None:
         trained_on.append(Path(str(json.loads(path.read_text()).get("dataset", ""))).name)
     if (path := _model_file(name, "eval_results.json")) is not None:
-        for result in json.loads(path.read_text()).get("evaluation", []):
-            if result.get("text_mode") == "report" and result.get("dice_per_image") is not None:
-                dice = f"{100 * result['dice_per_image']:.2f} % (per image, {result['num_images']:,} validation images)"
+        for row in json.loads(path.read_text()).get("evaluation", []):
+            available = row.get("available", True) and row.get("dice_per_image") is not None
+            results.append(Result(row["text_mode"], 100 * row["dice_per_image"] if available else None,
+                                  row.get("num_images") if available else None, str(row.get("dataset", ""))))
     names = {}
     for dataset in filter(None, trained_on):
         names.setdefault(_key(dataset), dataset)  # one spelling per dataset: "QaTa-COV19" and "qata_cov19" are one
-    return tuple(names.values()), dice
+    return tuple(names.values()), tuple(results or card_results), _consistency_auroc(name)
 
 
 def load(name: Optional[str] = None) -> Optional[str]:
-    """Load the model (once per name) into `MODEL`. Returns None, or what is wrong, in words."""
+    """Load the model (once per name) into `MODEL`, and say so in the server log. Returns None, or what is wrong."""
     global MODEL
     name = name or default_model()
     if isinstance(MODEL, LoadedModel) and MODEL.name == name:
@@ -142,10 +213,13 @@ def load(name: Optional[str] = None) -> Optional[str]:
         return MODEL
     try:
         facts = model_facts(name)
-    except (OSError, ValueError, TypeError, AttributeError) as error:  # a card or JSON file that does not parse
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a card or JSON file that does not parse
         logger.warning("%s: cannot read what the model folder says about the model (%s)", name, error)
-        facts = ((), None)
+        facts = ((), (), None)
     MODEL = LoadedModel(name, model, processor, *facts)
+    where = Path(name).expanduser().resolve() if Path(name).expanduser().is_dir() else f"the Hub ({name})"
+    logger.info("TMCA model %s loaded from %s on %s; trained on %s", Path(name).name, where,
+                model.device.type.upper(), ", ".join(MODEL.trained_on) or "data its folder does not name")
     return None
 
 
@@ -155,30 +229,65 @@ def _model() -> LoadedModel:
     return MODEL
 
 
+def _dice_line(results: tuple) -> str:
+    """ "69.65 % with its report · 60.23 % with another image's report (shuffled) · ..." per dataset, with the number
+    of images when the rows give it."""
+    parts = []
+    for dataset in dict.fromkeys(result.dataset for result in results):
+        rows = [result for result in results if result.dataset == dataset]
+        counts = {result.num_images for result in rows if result.num_images}
+        words = " · ".join(
+            (f"**{row.dice_per_image:.2f} %**" if row.text_mode == "report" else f"{row.dice_per_image:.2f} %")
+            + f" {TEXT_MODES.get(row.text_mode, row.text_mode)}" if row.dice_per_image is not None
+            else f"{TEXT_MODES.get(row.text_mode, row.text_mode)}: not available" for row in rows)
+        where = ", ".join(filter(None, [dataset, f"{counts.pop():,} images" if len(counts) == 1 else ""]))
+        parts.append(f"{words}" + (f" ({where})" if where else ""))
+    return "; ".join(parts)
+
+
+def _auroc_line(record: dict) -> str:
+    return (f"**Report matches the image** (the consistency box) was measured to tell an image's own report from "
+            f"another image's with AUROC {record['auroc_a']:.3f}, and from its own report with left and right swapped "
+            f"with AUROC {record['auroc_b']:.3f} (1 = always, 0.5 = chance; {int(record['num_images']):,} "
+            f"{record.get('split', 'validation')} images, `benchmarks/consistency_auroc.py`).")
+
+
 def describe(loaded: Union[LoadedModel, str, None]) -> str:
     if not isinstance(loaded, LoadedModel):
         return f"> **No model loaded.** {loaded or HOW_TO_GET_A_MODEL}"
-    return (f"**Model:** `{Path(loaded.name).name}` · **trained on:** {', '.join(loaded.trained_on) or 'not stated'}"
-            f" · **validation Dice:** {loaded.validation_dice or 'not stated in the model folder'}")
+    lines = [f"**Model:** `{Path(loaded.name).name}` · **trained on:** {', '.join(loaded.trained_on) or 'not stated'}",
+             f"**Validation Dice** (per image): {_dice_line(loaded.validation) or 'not stated in the model folder'}"]
+    if loaded.consistency_auroc:
+        lines.append(_auroc_line(loaded.consistency_auroc))
+    return "  \n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
 
 
-def _display(pixels: np.ndarray, side: int = DISPLAY_SIDE) -> Image.Image:
+def _display(pixels: np.ndarray, side: int = DISPLAY_SIDE, smallest: int = RESULT_SIDE) -> Image.Image:
+    """The image as drawn on the page: its longer side at most `side`, and enlarged to `smallest` when shorter."""
     height, width = pixels.shape[:2]
-    scale = min(1.0, side / max(height, width))
+    scale = min(side / max(height, width), max(1.0, smallest / max(height, width)))
     return Image.fromarray(to_display_rgb(pixels)).resize((max(1, round(width * scale)), max(1, round(height * scale))))
 
 
+def overlay_label(truth_given: bool) -> str:
+    """The overlay's title: it names the ground truth only when one is given."""
+    return (f"Prediction ({PREDICTION_NAME}) and ground truth ({TRUTH_NAME} contour)" if truth_given
+            else f"Prediction ({PREDICTION_NAME})")
+
+
 def _draw(picture: Image.Image, prediction, truth, style: str = "contour", opacity: float = 1.0) -> Image.Image:
-    """The ground truth's contour (green) and the prediction (red, a contour or filled) over a picture, at `opacity`."""
+    """The ground truth's contour (yellow) and the prediction (blue, a contour or filled) over a picture, at
+    `opacity`. Contours are (longer side / 256 + 1) pixels wide, at least 3, at any display size."""
+    outer = max(5, 2 * round(max(picture.size) / 256) + 1)
     for mask, colour, filled in ((truth, TRUTH_COLOUR, False), (prediction, PREDICTION_COLOUR, style == "filled")):
         if mask is None:
             continue
         region = Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).resize(picture.size, Image.NEAREST)
         if not filled:
-            region = ImageChops.subtract(region.filter(ImageFilter.MaxFilter(5)), region.filter(ImageFilter.MinFilter(3)))
+            region = ImageChops.subtract(region.filter(ImageFilter.MaxFilter(outer)), region.filter(ImageFilter.MinFilter(3)))
         alpha = region.point(lambda value: round(value * float(opacity)))
         picture = Image.composite(Image.new("RGB", picture.size, colour), picture, alpha)
     return picture
@@ -191,6 +300,20 @@ def _heatmap(alignment_map: np.ndarray, background: Image.Image) -> Image.Image:
     grid = np.arange(len(HEATMAP_ANCHORS))
     colours = np.stack([np.interp(positions, grid, HEATMAP_ANCHORS[:, c]) for c in range(3)], axis=-1)
     return Image.fromarray((0.45 * np.asarray(background) + 0.55 * colours).round().astype(np.uint8))
+
+
+def map_legend(levels) -> str:
+    """The colour bar and the one-line legend of the alignment maps (HTML)."""
+    stops = ", ".join(f"rgb({r:.0f},{g:.0f},{b:.0f})" for r, g, b in HEATMAP_ANCHORS)
+    strides = ", ".join(str(level) for level in levels)
+    return (
+        '<div style="display:flex;align-items:center;gap:8px;font-size:var(--text-sm)">'
+        "<span>0</span>"
+        f'<div id="map-colour-bar" style="flex:0 0 240px;height:14px;border-radius:3px;background:linear-gradient('
+        f'to right, {stops})"></div><span>1</span>'
+        f"<span>Each map: the pixel-report similarity at one decoder level (strides {strides}, coarse to fine), laid "
+        "over the image: dark where the report does not point, bright yellow where it points.</span></div>"
+    )
 
 
 def _request_folder() -> Path:
@@ -239,7 +362,7 @@ def _truth(ground_truth, shape: tuple, notes: list) -> Optional[np.ndarray]:
     truth = threshold_mask(ground_truth, "the ground-truth mask").numpy()
     if truth.shape != shape:
         notes.append(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} pixels but the image is "
-                     f"{shape[1]}x{shape[0]}: no Dice.")
+                     f"{shape[1]}x{shape[0]}: it is not drawn, and there is no Dice.")
         return None
     return truth
 
@@ -324,7 +447,7 @@ class Example(NamedTuple):
     report: str
     mask: str  # its ground-truth mask, 0/255 PNG
     thumbnail: str  # the image with the ground truth's contour
-    caption: str
+    caption: str  # short enough for the gallery (the example's id); the report is listed under the gallery
 
 
 def example_inputs(example: Example, model_laterality: str) -> list:
@@ -366,11 +489,29 @@ def find_examples(trained_on, samples_dir=None, per_dataset: int = 4) -> list:
             image = out / dataset.name / Path(row["image"]["path"]).name
             image.write_bytes(row["image"]["bytes"])
             truth = binary_mask(row["mask"], "mask").numpy()
-            thumbnail = _draw(_display(read_image(image).pixels, THUMBNAIL_SIDE), None, truth)
+            thumbnail = _draw(_display(read_image(image).pixels, THUMBNAIL_SIDE, 0), None, truth)
             examples.append(Example(
                 str(image), row["text"], _saved(row["mask"], image.with_name(f"{row['id']}_truth.png")),
-                _saved(thumbnail, image.with_name(f"{row['id']}_thumbnail.png")), f"{dataset.name} {row['id']}: {row['text']}"))
+                _saved(thumbnail, image.with_name(f"{row['id']}_thumbnail.png")), str(row["id"])))
     return examples
+
+
+def example_reports(examples: list) -> str:
+    """The examples' reports in full, in the gallery's order (Markdown): the captions give only the ids."""
+    return "\n".join(f"{number}. `{example.caption}` ({Path(example.image).parent.name}): {example.report}"
+                     for number, example in enumerate(examples, 1))
+
+
+def picked_report(side: str, zone: str, count) -> str:
+    """
+    The report the picker writes: QaTa-COV19's sentence (worded by `tmca_hf.describer.qata_report`, as the describer
+    writes it) for `count` infected areas in the `zone` of the left, right or both lungs, sides as the training reports
+    name them (for QaTa-COV19, the image's).
+    """
+    try:
+        return qata_report({name: zone for name in (SIDES if side == "both" else (side,))}, int(count))
+    except (TypeError, ValueError) as error:
+        raise gr.Error(f"Cannot write that report: {error}", print_exception=False) from None
 
 
 # ------------------------------------------------------------------------------------------------------- app
@@ -395,22 +536,37 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
         with gr.Row():
             with gr.Column():
                 image = gr.File(label="Image (PNG, JPEG, 16-bit PNG, TIFF or DICOM .dcm)", type="filepath", elem_id="image")
-                report = gr.Textbox(label="Report", lines=3, elem_id="report", placeholder=(
-                    "e.g. bilateral pulmonary infection, two infected areas, middle lower left lung"
-                    + (" (leave empty for a text-free prediction)" if loaded and loaded.text_free else "")))
                 model_laterality = loaded.processor.report_laterality if loaded else "image"
-                laterality = gr.Radio(
-                    [("the patient's (as clinicians write)", "patient"), ("the image's", "image")], value="patient",
-                    label=f"Left and right in the report are ... (the model was trained on reports naming "
-                          f"{model_laterality} sides; picking an example sets this to match)", elem_id="laterality")
-                laterality_line = gr.Markdown(laterality_note("patient", model_laterality), elem_id="laterality-note")
+                with gr.Group(elem_id="report-group"):  # the report and whose left and right it names, together
+                    report = gr.Textbox(label="Report", lines=3, elem_id="report", placeholder=(
+                        "e.g. bilateral pulmonary infection, two infected areas, middle lower left lung"
+                        + (" (leave empty for a text-free prediction)" if loaded and loaded.text_free else "")))
+                    laterality = gr.Radio(
+                        [("the patient's (as clinicians write)", "patient"), ("the image's", "image")], value="patient",
+                        label=f"Left and right in the report are ... (the model was trained on reports naming "
+                              f"{model_laterality} sides; an example or the picker sets this to match)",
+                        elem_id="laterality")
+                    laterality_line = gr.Markdown(laterality_note("patient", model_laterality), elem_id="laterality-note",
+                                                  padding=True)
+                if loaded and loaded.chest_xray:
+                    with gr.Accordion("Write a report in the training reports' words (QaTa-COV19)", open=True,
+                                      elem_id="picker"):
+                        with gr.Row():
+                            picker_side = gr.Radio(["left", "right", "both"], value="left", scale=2, min_width=260,
+                                                   label=f"Side (the {model_laterality}'s, as the training reports)",
+                                                   elem_id="picker-side")
+                            picker_zone = gr.Dropdown(list(CHEST_XRAY_ZONES), value="lower", label="Zone", min_width=110,
+                                                      elem_id="picker-zone")
+                            picker_count = gr.Dropdown([(number_word(n), n) for n in range(1, 7)], value=1, min_width=110,
+                                                       label="Infected areas", elem_id="picker-count")
+                        picker_button = gr.Button("Write it into the report box", size="sm", elem_id="picker-write")
                 threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (lesion probability)")
                 truth = gr.Image(label="Ground-truth mask (optional, after the image): the Dice of the prediction",
                                  type="pil", image_mode=None, format="png", sources=["upload"], height=160, elem_id="truth")
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column():
-                overlay = gr.Image(label="Prediction (red) and ground truth (green)", type="filepath", format="png",
-                                   interactive=False, elem_id="overlay")
+                overlay = gr.Image(label=overlay_label(False), type="filepath", format="png", interactive=False,
+                                   height=RESULT_SIDE + 16, elem_id="overlay")
                 with gr.Row():
                     style = gr.Radio(["contour", "filled"], value="contour", label="Draw the lesion as", elem_id="style")
                     opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity", elem_id="opacity")
@@ -424,11 +580,15 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                 notes = gr.Markdown(elem_id="notes")
         if examples:
             gallery = gr.Gallery([(e.thumbnail, e.caption) for e in examples], label="Examples (validation images, "
-                                 "ground truth in green): click one, then Segment", columns=4, height=320,
+                                 f"ground truth in {TRUTH_NAME}): click one, then Segment", columns=4, height=320,
                                  allow_preview=False, elem_id="examples")
+            gr.Markdown(example_reports(examples), elem_id="example-reports")
         else:
             gr.Markdown("No examples: they are offered only for the datasets the model folder says it was trained on "
                         "(its README.md, training_args.json or eval_results.json), found in `samples/`.")
+        levels = tuple(loaded.model.config.alignment_levels or ()) if loaded else ()
+        if levels:
+            gr.HTML(map_legend(levels), elem_id="map-legend")
         maps = gr.Gallery(label="Where the report points: pixel-report similarity per decoder level", columns=3,
                           object_fit="contain", format="png", elem_id="alignment-maps")
         outputs = [overlay, mask_file, maps, *numbers, notes]
@@ -445,6 +605,11 @@ def build_demo(model_path: Optional[str] = None, samples_dir=None) -> gr.Blocks:
                            api_visibility="private")
         laterality.change(lambda side: laterality_note(side, model_laterality), laterality, laterality_line,
                           queue=False, api_visibility="private")
+        if loaded and loaded.chest_xray:
+            picker_button.click(lambda *picked: [picked_report(*picked), model_laterality], [picker_side, picker_zone,
+                                picker_count], [report, laterality], queue=False, api_visibility="private")
+        truth.change(lambda mask: gr.update(label=overlay_label(mask is not None)), truth, overlay, queue=False,
+                     api_visibility="private")
         image.upload(lambda: [None] + clear(), None, [truth, *outputs], api_visibility="private")
         gr.on([button.click, report.submit], clear, None, outputs, queue=False, api_visibility="private").then(
             segment, [image, report, threshold, truth, style, opacity, laterality], outputs, api_name="segment",
@@ -460,6 +625,12 @@ def launch_kwargs() -> dict:
     return dict(max_file_size="100mb", ssr_mode=False, mcp_server=False)
 
 
+def configure_logging() -> None:
+    """Warnings of every library, and the app's own lines (the model it loaded) too."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="TMCA Gradio app: report-guided lesion segmentation.")
     parser.add_argument("--model", help="model folder or Hub id (default: $TMCA_MODEL, else models/tmca-qata-cov19 "
@@ -469,7 +640,7 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="make a public gradio.live link (off by default)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    configure_logging()
     demo = build_demo(args.model, args.samples)
     if not isinstance(MODEL, LoadedModel):
         logger.warning("%s\nThe app starts anyway and shows this message.", MODEL)

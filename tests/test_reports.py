@@ -195,6 +195,33 @@ def test_describe_convention_and_scale():
         describe_mask(mask, modality="ct")
 
 
+def test_qata_report_is_the_sentence_the_describer_writes():
+    """The Space's report picker writes its reports with `qata_report`, the function `describe_mask` words its
+    chest X-ray reports with: the same vocabulary, read back by `parse_qata_report`."""
+    assert describer.qata_report({"left": "lower"}, 1) == (
+        "unilateral pulmonary infection, one infected area, lower left lung."
+    )
+    assert describer.qata_report({"right": "lower", "left": "lower"}, 2) == (  # the left clause first, as in QaTa
+        "bilateral pulmonary infection, two infected areas, lower left lung and lower right lung."
+    )
+    assert describer.qata_report({"right": "middle lower"}, 3) == (
+        "unilateral pulmonary infection, three infected areas, middle lower right lung."
+    )
+    mask = blocks((20, 200, 20, 100), (20, 50, 130, 190), (150, 190, 130, 190))
+    assert describe_mask(mask) == describer.qata_report({"left": "all", "right": "upper lower"}, 3)
+    for zone in describer.CHEST_XRAY_ZONES:
+        for sides in ({"left": zone}, {"right": zone}, {"left": zone, "right": zone}):
+            for count in (1, 2, 6):
+                parsed = parse_qata_report(describer.qata_report(sides, count))
+                assert (parsed.count, parsed.zones) == (count, sides)
+                assert parsed.laterality == ("bilateral" if len(sides) == 2 else "unilateral")
+    for sides, count, message in (({}, 1, "left' and/or 'right"), ({"centre": "lower"}, 1, "left' and/or 'right"),
+                                  ({"left": "bottom"}, 1, "unknown zone"), ({"left": "lower"}, 0, "at least 1"),
+                                  ({"left": "lower"}, 1.5, "whole number")):
+        with pytest.raises(ValueError, match=message):
+            describer.qata_report(sides, count)
+
+
 def test_describe_generic_known_masks():
     assert describe_mask(blocks((100, 120, 100, 120)), "generic") == "one small lesion, located in center of the image"
     two = blocks((10, 40, 10, 40), (120, 219, 120, 219))  # 961 px (2 %) top left, 10,000 px (20 %) bottom right

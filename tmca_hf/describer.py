@@ -14,7 +14,8 @@ masks.
 
 `modality="chest_xray"` writes the QaTa-COV19 wording, e.g. "bilateral pulmonary infection, two infected areas,
 lower left lung and lower right lung." (its vocabulary: unilateral/bilateral, "one" ... "six infected area(s)",
-zones "upper", "middle", "lower" and "all", the left clause before the right one):
+zones "upper", "middle", "lower" and "all", the left clause before the right one; [`qata_report`] words the sentence,
+for the describer and for anyone writing such a report by hand, e.g. the Space's report picker):
 
 - side: a component belongs to the image's left half (x < W / 2) when more than 20 % of its pixels lie there, to the
   right half when more than 20 % lie there (a lesion across the midline belongs to both: "bilateral pulmonary
@@ -77,6 +78,10 @@ UPPER_ONLY_BOTTOM = 0.42  # ... and is "upper" only when it ends above this (no 
 LOWER_BOTTOM = 0.46  # a lesion ending above this (and starting below UPPER_TOP) is "middle"
 MIDDLE_LOWER_SPAN = 0.40  # a lesion below UPPER_TOP spanning this much height is "middle lower"
 GAP_FRACTION = 0.01  # rows without lesion (this share of the height) between two lesions of a side
+
+# The zone words a chest X-ray report names a side with (QaTa-COV19's; the zone rule writes each of them).
+CHEST_XRAY_ZONES = ("upper", "middle", "lower", "middle lower", "upper lower", "all")
+SIDES = ("left", "right")
 
 # Generic template (medvlsm's Kvasir-SEG wording).
 SIZE_WORDS = ((0.085, "small"), (0.30, "medium"), (math.inf, "large"))
@@ -201,6 +206,30 @@ def _side_zones(rows: set, height: int) -> str:
     return "middle lower" if bottom - top + 1 >= MIDDLE_LOWER_SPAN * height else "lower"
 
 
+def qata_report(sides_zones: dict, count: int) -> str:
+    """
+    The QaTa-COV19 sentence for lesions on the named sides, e.g. `qata_report({"left": "lower"}, 1)` ->
+    "unilateral pulmonary infection, one infected area, lower left lung." and `qata_report({"left": "lower",
+    "right": "lower"}, 2)` -> "bilateral pulmonary infection, two infected areas, lower left lung and lower right
+    lung." (the left clause first). Sides are named in the training data's convention (the image's).
+
+    Args:
+        sides_zones (`dict`): {"left" and/or "right": one of `CHEST_XRAY_ZONES`}.
+        count (`int`): the number of infected areas, at least 1 (one lesion across the midline is bilateral).
+    """
+    if not sides_zones or set(sides_zones) - set(SIDES):
+        raise ValueError(f"sides_zones={sides_zones!r}; expected a zone for 'left' and/or 'right'.")
+    unknown = {side: zone for side, zone in sides_zones.items() if zone not in CHEST_XRAY_ZONES}
+    if unknown:
+        raise ValueError(f"unknown zone(s) {unknown}; expected one of {CHEST_XRAY_ZONES}.")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"count={count!r}; expected a whole number of infected areas, at least 1.")
+    laterality = "bilateral" if len(sides_zones) == 2 else "unilateral"
+    areas = f"{number_word(count)} infected area{'' if count == 1 else 's'}"
+    places = " and ".join(f"{sides_zones[side]} {side} lung" for side in SIDES if side in sides_zones)
+    return f"{laterality} pulmonary infection, {areas}, {places}."
+
+
 def _chest_xray_report(components: list, height: int, width: int) -> str:
     if not components:
         return "no pulmonary infection."
@@ -212,12 +241,7 @@ def _chest_xray_report(components: list, height: int, width: int) -> str:
             rows["left"] |= component.rows_in_columns(0, middle)
         if 1 - left_share > SIDE_FRACTION:
             rows["right"] |= component.rows_in_columns(middle, width)
-    sides = [side for side in ("left", "right") if rows[side]]
-    count = len(components)
-    laterality = "bilateral" if len(sides) == 2 else "unilateral"
-    areas = f"{number_word(count)} infected area{'' if count == 1 else 's'}"
-    places = " and ".join(f"{_side_zones(rows[side], height)} {side} lung" for side in sides)
-    return f"{laterality} pulmonary infection, {areas}, {places}."
+    return qata_report({side: _side_zones(rows[side], height) for side in SIDES if rows[side]}, len(components))
 
 
 def _grid_position(y: float, x: float, height: int, width: int) -> str:
@@ -283,4 +307,6 @@ __all__ = [
     "connected_components",
     "default_min_area",
     "describe_mask",
+    "number_word",
+    "qata_report",
 ]

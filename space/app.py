@@ -32,7 +32,15 @@ for _name, _value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEM
     os.environ.setdefault(_name, _value)
 
 import datasets  # noqa: E402
-import gradio as gr  # noqa: E402
+
+
+try:
+    import gradio as gr
+except ImportError as missing:  # a plain `pip install -e .` brings no gradio: the one line that fixes it
+    raise SystemExit(
+        f"space/app.py needs gradio ({missing}). Install the Space's extra: pip install -e \".[space]\" from the "
+        f"repository (on a Space: pip install -r space/requirements.txt)."
+    ) from None
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
@@ -41,7 +49,15 @@ from PIL import Image, ImageChops, ImageFilter  # noqa: E402
 
 from tmca_hf.data import load_tmca_dataset  # noqa: E402
 from tmca_hf.describer import CHEST_XRAY_ZONES, SIDES, number_word, qata_report  # noqa: E402
-from tmca_hf.inference import ReportError, check_report, check_threshold, load_model, mask_to_image, predict  # noqa: E402
+from tmca_hf.inference import (  # noqa: E402
+    CONSISTENCY_WARNING,
+    ReportError,
+    check_report,
+    check_threshold,
+    load_model,
+    mask_to_image,
+    predict,
+)
 from tmca_hf.metrics import SegmentationMetrics  # noqa: E402
 from tmca_hf.model_card import RESULTS_END, RESULTS_START, results_table  # noqa: E402
 from tmca_hf.modeling.imaging_tmca import ImageReadError, binary_mask, read_image, threshold_mask, to_display_rgb  # noqa: E402
@@ -56,7 +72,6 @@ QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full
 DISPLAY_SIDE = 1024  # the overlay and heatmaps are drawn at most this large; the mask file keeps the original size
 RESULT_SIDE = 512  # ... and at least this large (a 224 x 224 X-ray is enlarged): larger than each heatmap on the page
 THUMBNAIL_SIDE = 256
-CONSISTENCY_WARNING = 0.5  # below this the Space warns that the report may not match the image
 # Okabe-Ito blue and yellow: apart for protan, deutan and tritan readers, and clear of gray X-rays and of pink
 # endoscopy (tests/test_space.py measures both on the samples; red and green were 15 Delta-E apart for deutans).
 PREDICTION_COLOUR, TRUTH_COLOUR = (0, 114, 178), (240, 228, 66)

@@ -681,3 +681,16 @@ def test_browser_examples_overlay_and_cleared_error(server, examples, bad_files)
         finally:
             browser.close()
     print(f"\nscreenshot: {SCREENSHOT}", file=sys.stderr)
+
+
+def test_without_gradio_the_app_says_the_one_line_that_fixes_it():
+    """Issue 15 item 8: a fresh `pip install -e .` has no gradio; app.py says how to install it, no traceback."""
+    import subprocess
+    import sys
+
+    script = ("import runpy, sys; sys.modules['gradio'] = None; "
+              f"runpy.run_path({str(REPO_ROOT / 'space' / 'app.py')!r}, run_name='__main__')")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    assert 'pip install -e ".[space]"' in completed.stderr and "Traceback" not in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr

@@ -3,11 +3,14 @@
 
     accelerate launch train.py                      # the README's main job: the small QaTa-COV19 sample, offline encoders
     accelerate launch train.py --dataset ../shared/data/qata_cov19 --num_train_epochs 20 --output_dir outputs/qata
+    accelerate launch train.py --dataset ../shared/data/qata_cov19 ../shared/data/kvasir_seg ...  # one model for both
+    accelerate launch train.py ... --mixed_precision bf16 --torch_compile --fused_adamw  # the CUDA fast path
 
 Each split is decoded once into memory on the training device, the zoom runs there on whole batches, and a frozen
 text encoder runs once per distinct report (`tmca_hf.training_data`). It evaluates on the validation split after
-every epoch (Dice on the device, gathered across processes), logs images/s and the share of time spent waiting for
-data, keeps the best model by validation Dice, and ends with one Hub-ready folder: model + processor + remote code + a
+every epoch (Dice on the device, gathered across processes; with several datasets, on each, and the best model is
+the one with the best mean over them), logs images/s and the share of time spent waiting for data, keeps the best
+model by validation Dice, and ends with one Hub-ready folder: model + processor + remote code + a
 model card with the metrics measured at the end (at each image's original size, with the real, shuffled and empty
 reports). The resumable checkpoints go beside it, in `<output_dir>-checkpoints`, so the folder is what gets served.
 """
@@ -25,7 +28,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, SchedulerType, get_scheduler
@@ -44,21 +47,25 @@ logger = get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATASET = REPO_ROOT / "samples" / "qata_cov19"
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "outputs" / "tmca-qata-sample"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+SCORE_KEYS = ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=str(DEFAULT_DATASET),
-                      help="Hub dataset id, a save_to_disk/parquet folder, or a raw LViT/flat/medvlsm folder.")
-    data.add_argument("--dataset_layout", default="auto", help="auto, lvit, flat, medvlsm, disk, parquet or hub.")
+    data.add_argument("--dataset", nargs="+", default=[str(DEFAULT_DATASET)],
+                      help="Hub dataset id, a save_to_disk/parquet folder, or a raw LViT/flat/medvlsm folder. Several "
+                           "train one model on all of them (training splits concatenated), each validated on its own.")
+    data.add_argument("--dataset_layout", default="auto",
+                      help="auto, lvit, flat, medvlsm, disk, parquet or hub (for every --dataset).")
     data.add_argument("--train_split", default="train")
     data.add_argument("--eval_split", default="validation")
     data.add_argument("--text_column", default=None, help="Report column of a saved or Hub dataset (default: text).")
     data.add_argument("--prompt_key", default="p6", help="medvlsm prompt used as the report (p0..p9).")
     data.add_argument("--skip_invalid", action="store_true", help="Skip invalid examples instead of stopping.")
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--max_train_samples", type=int, default=None, help="Per dataset.")
+    data.add_argument("--max_eval_samples", type=int, default=None, help="Per dataset.")
     data.add_argument("--no_augment", action="store_true",
                       help="Switch off the augmentation (the light random zoom; contrast, gamma, noise and JPEG).")
     data.add_argument("--preprocessing_num_workers", type=int, default=0,
@@ -116,6 +123,15 @@ def parse_args(argv=None):
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                        help="Overrides `accelerate launch --mixed_precision`.")
 
+    fast = parser.add_argument_group("CUDA fast path (opt-in; validation stays the float32 eager forward)")
+    fast.add_argument("--torch_compile", nargs="?", const="max-autotune-no-cudagraphs", default=None,
+                      choices=COMPILE_MODES, metavar="MODE",
+                      help=f"torch.compile the training forward and backward through Accelerate (inductor, static "
+                           f"shapes), in MODE: one of {', '.join(COMPILE_MODES)} (default when given without a value: "
+                           f"max-autotune-no-cudagraphs; reduce-overhead adds CUDA graphs). CUDA only.")
+    fast.add_argument("--fused_adamw", action="store_true",
+                      help="AdamW as one fused kernel per step (torch.optim.AdamW(fused=True)). CUDA only.")
+
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR))
     run.add_argument("--checkpoint_dir", default=None,
@@ -132,6 +148,16 @@ def parse_args(argv=None):
     run.add_argument("--hub_private", action="store_true")
     args = parser.parse_args(argv)
 
+    if len(set(args.dataset)) < len(args.dataset):
+        parser.error(f"--dataset names a source twice: {args.dataset}.")
+    names = [dataset_name(source) for source in args.dataset]
+    if len(set(names)) < len(names):
+        parser.error(f"--dataset sources must have distinct names (their validation is logged by name), got {names}.")
+    args.dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset  # one source: a string, as before
+    for flag, value in (("--torch_compile", args.torch_compile), ("--fused_adamw", args.fused_adamw)):
+        if value and not torch.cuda.is_available():
+            parser.error(f"{flag} is part of the CUDA fast path and this machine has no CUDA device; leave it out "
+                         f"(on a CPU the eager path is the one that is tested and measured).")
     args.alignment_levels = [] if args.alignment_levels in ([], ["none"]) else [int(s) for s in args.alignment_levels]
     if args.no_text:
         args.alignment_levels = []
@@ -169,6 +195,15 @@ def config_overrides(args) -> dict:
     )
 
 
+def dataset_name(source: str) -> str:
+    """How a dataset is named in logs and results: its folder's (or Hub id's) last part."""
+    return Path(str(source).rstrip("/")).name or str(source)
+
+
+def dataset_sources(args) -> list:
+    return args.dataset if isinstance(args.dataset, list) else [args.dataset]
+
+
 def prepare_output_dir(args) -> Path:
     """The model folder: refuse to replace a finished model unless asked, and say how to continue instead."""
     output_dir = Path(args.output_dir)
@@ -190,25 +225,33 @@ def prepare_output_dir(args) -> Path:
 
 
 def load_splits(args, accelerator):
+    """The training split (several datasets' concatenated) and each dataset's validation split, by dataset name."""
     args.train_split, args.eval_split = normalize_split_name(args.train_split), normalize_split_name(args.eval_split)
-    with accelerator.main_process_first():
-        dataset = load_tmca_dataset(
-            args.dataset,
-            layout=args.dataset_layout,
-            prompt_key=args.prompt_key,
-            text_column=args.text_column,
-            skip_invalid=args.skip_invalid,
-            splits=[args.train_split, args.eval_split],
-        )
-    for split in (args.train_split, args.eval_split):
-        if split not in dataset:
-            raise SystemExit(f"{args.dataset} has no split {split!r}; it has {sorted(dataset)}.")
-    train, evaluation = dataset[args.train_split], dataset[args.eval_split]
-    if args.max_train_samples:
-        train = train.select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
-    return train, evaluation
+    trains, evaluations = [], {}
+    for source in dataset_sources(args):
+        with accelerator.main_process_first():
+            dataset = load_tmca_dataset(
+                source,
+                layout=args.dataset_layout,
+                prompt_key=args.prompt_key,
+                text_column=args.text_column,
+                skip_invalid=args.skip_invalid,
+                splits=[args.train_split, args.eval_split],
+            )
+        for split in (args.train_split, args.eval_split):
+            if split not in dataset:
+                raise SystemExit(f"{source} has no split {split!r}; it has {sorted(dataset)}.")
+        train, evaluation = dataset[args.train_split], dataset[args.eval_split]
+        if args.max_train_samples:
+            train = train.select(range(min(args.max_train_samples, len(train))))
+        if args.max_eval_samples:
+            evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+        trains.append(train)
+        evaluations[dataset_name(source)] = evaluation
+    if len(trains) == 1:
+        return trains[0], evaluations
+    columns = ["image", "mask", "text", "id"]  # what every layout gives; the rest (bbox, ...) differs between them
+    return datasets.concatenate_datasets([train.select_columns(columns) for train in trains]), evaluations
 
 
 def build_model(args):
@@ -228,7 +271,8 @@ def build_model(args):
 
 
 def build_optimizer(model, args):
-    """AdamW with two learning rates: the pretrained encoders move slower than the fresh decoder and heads."""
+    """AdamW with two learning rates: the pretrained encoders move slower than the fresh decoder and heads (one fused
+    kernel per step with --fused_adamw)."""
     encoder_params, other_params = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -239,6 +283,7 @@ def build_optimizer(model, args):
             {"params": other_params, "lr": args.learning_rate},
         ],
         weight_decay=args.weight_decay,
+        **({"fused": True} if args.fused_adamw else {}),
     )
 
 
@@ -246,9 +291,10 @@ def float32_forward(model, accelerator):
     """
     The model's forward without the mixed-precision autocast that `accelerator.prepare` wrapped around it for good:
     validation then computes in float32, as `tmca-evaluate` and every user path do, so the epoch chosen is the one
-    whose reported number is best. Training keeps the autocast forward.
+    whose reported number is best. Training keeps the autocast forward. Under --torch_compile this is also the eager
+    forward: the compiled one is for training steps only.
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return getattr(unwrapped, "_original_forward", unwrapped.forward)
 
 
@@ -266,7 +312,7 @@ def validation_dice(model, dataloader, accelerator, threshold=0.5) -> dict:
         metrics.update(predictions, labels)
     model.train()
     results = metrics.compute()
-    return {key: results[key] for key in ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")}
+    return {key: results[key] for key in SCORE_KEYS}
 
 
 class TrainingProgress:
@@ -338,7 +384,15 @@ def main(argv=None):
             project_dir=args.checkpoint_dir, automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Static shapes (the training batches are all full: drop_last below), so one graph and no recompiles.
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=args.torch_compile, dynamic=False)
+        if args.torch_compile else None,
     )
+    if (args.torch_compile or args.fused_adamw) and accelerator.device.type != "cuda":
+        raise SystemExit(f"--torch_compile and --fused_adamw are the CUDA fast path; this run's device is "
+                         f"{accelerator.device} (accelerate launch --cpu, or ACCELERATE_USE_CPU): leave them out.")
+    if args.torch_compile:
+        torch.backends.cudnn.benchmark = True  # static shapes: each convolution's fastest algorithm, found once
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.ERROR)  # its per-checkpoint INFO and rotation lines
     transformers.utils.logging.disable_progress_bar()  # no shard-writing bars inside the training bar
@@ -351,7 +405,7 @@ def main(argv=None):
     accelerator.wait_for_everyone()
 
     # Data: each split decoded once, onto the training device.
-    train_set, eval_set = load_splits(args, accelerator)
+    train_set, eval_sets = load_splits(args, accelerator)
     model, processor = build_model(args)
     augment = [] if args.no_augment else [
         BatchedRandomZoom(len(train_set), args.seed),
@@ -359,10 +413,15 @@ def main(argv=None):
     ]
     started = time.perf_counter()
     train_data = DecodedSplit(train_set, processor, augment=augment, num_workers=args.preprocessing_num_workers)
-    eval_data = DecodedSplit(eval_set, processor, num_workers=args.preprocessing_num_workers)
+    eval_data = {
+        name: DecodedSplit(eval_set, processor, num_workers=args.preprocessing_num_workers)
+        for name, eval_set in eval_sets.items()
+    }
     train_data.to(accelerator.device)
-    eval_data.to(accelerator.device)
-    logger.info(f"Decoded {len(train_data)} + {len(eval_data)} examples in {time.perf_counter() - started:.1f} s")
+    for data in eval_data.values():
+        data.to(accelerator.device)
+    logger.info(f"Decoded {len(train_data)} + {sum(map(len, eval_data.values()))} examples in "
+                f"{time.perf_counter() - started:.1f} s")
     train_dataloader = DataLoader(
         train_data,
         batch_size=args.per_device_train_batch_size,
@@ -373,12 +432,15 @@ def main(argv=None):
         generator=torch.Generator().manual_seed(args.seed),
         drop_last=len(train_data) > args.per_device_train_batch_size * accelerator.num_processes,
     )
-    eval_dataloader = DataLoader(
-        eval_data,
-        batch_size=args.per_device_eval_batch_size,
-        collate_fn=eval_data.collate,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    eval_dataloaders = [
+        DataLoader(
+            data,
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=data.collate,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        for data in eval_data.values()
+    ]
 
     # Model, optimizer and schedule.
     optimizer = build_optimizer(model, args)
@@ -392,20 +454,22 @@ def main(argv=None):
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, scheduler
+    model, optimizer, train_dataloader, *eval_dataloaders, scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, *eval_dataloaders, scheduler
     )
-    unwrapped = accelerator.unwrap_model(model)
+    eval_dataloaders = dict(zip(eval_data, eval_dataloaders))
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if unwrapped.text_encoder is not None and unwrapped.config.freeze_text_encoder:
         train_data.cache_report_states(unwrapped)
-        eval_data.cache_report_states(unwrapped)
+        for data in eval_data.values():
+            data.cache_report_states(unwrapped)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     if args.report_to != "none":
         accelerator.init_trackers("tmca", {k: str(v) for k, v in vars(args).items()})
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(f"{len(train_set)} training and {len(eval_set)} validation examples from {args.dataset}")
+    logger.info(f"{len(train_set)} training and {sum(map(len, eval_sets.values()))} validation examples from {args.dataset}")
     logger.info(f"{args.num_train_epochs} epochs, {args.max_train_steps} steps, total batch size {total_batch_size}")
     if resume_checkpoint is not None:
         resume(accelerator, resume_checkpoint, progress)
@@ -433,6 +497,8 @@ def main(argv=None):
             if batch is None:
                 break
             with accelerator.accumulate(model):
+                if args.torch_compile:
+                    torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graphs may reuse the last one's memory
                 outputs = model(**batch)
                 accelerator.backward(outputs.loss)
                 optimizer.step()
@@ -451,7 +517,11 @@ def main(argv=None):
         synchronize(accelerator.device)
         train_seconds = time.perf_counter() - epoch_start
 
-        scores = validation_dice(model, eval_dataloader, accelerator)
+        validation = {name: validation_dice(model, loader, accelerator) for name, loader in eval_dataloaders.items()}
+        scores = next(iter(validation.values()))
+        if len(validation) > 1:  # select on the mean over datasets, so each modality counts the same
+            scores = {key: sum(result[key] for result in validation.values()) / len(validation) for key in SCORE_KEYS}
+            scores["validation"] = validation
         record = {
             "epoch": epoch,
             "step": progress.completed_steps,
@@ -461,7 +531,7 @@ def main(argv=None):
             "data_wait_fraction": round(data_wait / train_seconds, 4),
         }
         if args.report_to != "none":
-            accelerator.log({f"eval/{k}": v for k, v in scores.items()} | {"train/loss": record["loss"]}, step=progress.completed_steps)
+            accelerator.log({f"eval/{k}": scores[k] for k in SCORE_KEYS} | {"train/loss": record["loss"]}, step=progress.completed_steps)
         if accelerator.is_main_process:
             tqdm.write(json.dumps(record))
             with log_path.open("a") as log:
@@ -469,7 +539,7 @@ def main(argv=None):
         if scores["dice_per_image"] > progress.best["dice_per_image"]:
             progress.best = {**scores, "epoch": epoch, "step": progress.completed_steps}
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(Path(args.checkpoint_dir) / "best")
+                accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(Path(args.checkpoint_dir) / "best")
         accelerator.wait_for_everyone()
         if checkpoint_due(args, progress.completed_steps, epoch_end=True):
             accelerator.save_state()
@@ -479,36 +549,51 @@ def main(argv=None):
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(args, output_dir, processor, eval_set, progress.best, accelerator.device)
+        finish(args, output_dir, processor, eval_sets, progress.best, accelerator.device)
     accelerator.end_training()
 
 
-def finish(args, output_dir: Path, processor, eval_set, best: dict, device):
-    """Reload the best model, measure it at original sizes, and write the Hub-ready folder with its model card."""
+def finish(args, output_dir: Path, processor, eval_sets: dict, best: dict, device):
+    """Reload the best model, measure it at original sizes on each dataset's validation split, and write the Hub-ready
+    folder with its model card."""
     best_dir = Path(args.checkpoint_dir) / "best"
     model = AutoModel.from_pretrained(best_dir, trust_remote_code=True).to(device).eval()
+    several = len(eval_sets) > 1
     results = [
-        evaluate(model, processor, eval_set, batch_size=args.per_device_eval_batch_size, text_mode=mode, device=device)
+        ({"dataset": name} if several else {})
+        | evaluate(model, processor, eval_set, batch_size=args.per_device_eval_batch_size, text_mode=mode, device=device)
+        for name, eval_set in eval_sets.items()
         for mode in args.final_eval_text_modes
     ]
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     summary = {"selected_by": "validation Dice per image at the model's resolution", "best": best, "evaluation": results}
+    if several:
+        summary["selected_by"] += f", averaged over {', '.join(eval_sets)}"
     (output_dir / "eval_results.json").write_text(json.dumps(summary, indent=2, default=str))
     (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
-    write_model_card(output_dir / "README.md", REPO_ROOT / "model_card.md", results, vars(args))
+    card_results, card_args = results, vars(args)
+    if several:  # one table for all: each row says which dataset it measured
+        card_results = [result | {"text_mode": f"{result['text_mode']} ({result['dataset']})"} for result in results]
+        card_args = card_args | {"dataset": " + ".join(eval_sets)}
+    write_model_card(output_dir / "README.md", REPO_ROOT / "model_card.md", card_results, card_args)
     shutil.rmtree(best_dir)
-    print(f"\nValidation ({args.eval_split}, {len(eval_set)} images, original sizes, threshold 0.5), best epoch {best['epoch']}:")
-    print(format_table(results))
+    for name, eval_set in eval_sets.items():
+        measured = f"{name}, " if several else ""
+        print(f"\nValidation ({measured}{args.eval_split}, {len(eval_set)} images, original sizes, threshold 0.5), "
+              f"best epoch {best['epoch']}:")
+        print(format_table([result for result in results if result.get("dataset", name) == name]))
+    evaluate_lines = "\n".join(
+        f"Evaluate:  tmca-evaluate --model {output_dir} --dataset {source} --split {args.eval_split}"
+        for source in dataset_sources(args)
+    )
     print(f"\nSaved the model to {output_dir} (resumable checkpoints: {args.checkpoint_dir})\n"
-          f"Serve it:  python space/app.py --model {output_dir}\n"
-          f"Evaluate:  tmca-evaluate --model {output_dir} --dataset {args.dataset} --split {args.eval_split}")
-    if Path(args.dataset) == DEFAULT_DATASET:
+          f"Serve it:  python space/app.py --model {output_dir}\n{evaluate_lines}")
+    if not several and Path(args.dataset) == DEFAULT_DATASET:
         print(f"This sample model shows the pipeline. The trained release is {RELEASED_MODEL.relative_to(REPO_ROOT)}: "
               f"python space/app.py serves it; its model card has the GPU training command.")
     if args.push_to_hub:
         print(f"Pushed to {push_folder_to_hub(output_dir, args.hub_model_id, private=args.hub_private)}")
-
 
 if __name__ == "__main__":
     try:

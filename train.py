@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -477,8 +478,9 @@ def main(argv=None):
     resume_batches = (progress.completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
 
     # Training: one bar, one line per epoch.
-    progress_bar = tqdm(
-        range(args.max_train_steps), initial=progress.completed_steps, disable=not accelerator.is_local_main_process
+    progress_bar = tqdm(  # a bar on a terminal only: in a log file its updates would share lines with the records
+        range(args.max_train_steps), initial=progress.completed_steps,
+        disable=not accelerator.is_local_main_process or not sys.stderr.isatty(),
     )
     log_path = output_dir / "train_log.jsonl"
     for epoch in range(starting_epoch, args.num_train_epochs):
@@ -588,10 +590,11 @@ def finish(args, output_dir: Path, processor, eval_sets: dict, best: dict, devic
         for source in dataset_sources(args)
     )
     print(f"\nSaved the model to {output_dir} (resumable checkpoints: {args.checkpoint_dir})\n"
-          f"Serve it:  python space/app.py --model {output_dir}\n{evaluate_lines}")
+          f"Serve it:  pip install -e \".[space]\" && python space/app.py --model {output_dir}   (the Space needs gradio)\n"
+          f"{evaluate_lines}")
     if not several and Path(args.dataset) == DEFAULT_DATASET:
         print(f"This sample model shows the pipeline. The trained release is {RELEASED_MODEL.relative_to(REPO_ROOT)}: "
-              f"python space/app.py serves it; its model card has the GPU training command.")
+              f"python space/app.py serves it (after the same install); its model card has the training command.")
     if args.push_to_hub:
         print(f"Pushed to {push_folder_to_hub(output_dir, args.hub_model_id, private=args.hub_private)}")
 

@@ -67,6 +67,10 @@ def test_two_step_run_writes_a_loadable_folder_with_model_card(tmp_path):
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["evaluation"][0]["num_images"] == 4
     assert "Serve it:" in output and not (tmp_path / "run-checkpoints" / "best").exists()
+    assert 'pip install -e ".[space]" && python space/app.py' in output, "the hint names the Space's install step"
+    records = [line for line in output.split("\n") if "\"epoch\"" in line]  # a \r-updated bar splits no line
+    assert records and all(line.startswith("{") and line.endswith("}") for line in records), (
+        "in a log (no terminal), each epoch's record is a line of its own, not glued to a progress bar")
     for noise in ("Writing model shards", "Loading weights", "INFO accelerate", "deprecated", "Deleting"):
         assert noise not in output, f"the run printed {noise!r}: one bar and one line per epoch is enough"
     assert not (folder / "checkpoints").exists(), "the resumable checkpoints belong beside the model folder"

@@ -149,6 +149,16 @@ def evaluate(
     return {**result, "available": True, **notes, **metrics.compute(), "per_image": metrics.per_image_records()}
 
 
+def _same_scores(shuffled: dict[str, Any], results: Sequence[dict[str, Any]]) -> bool:
+    """Whether the real-report row of the same dataset scored exactly what the shuffled one did."""
+    keys = ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")
+    return any(
+        other["text_mode"] == "report" and other.get("available") and other.get("dataset") == shuffled.get("dataset")
+        and all(other[key] == shuffled[key] for key in keys)
+        for other in results
+    )
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A compact text table of `evaluate` results: Dice and IoU in percent, HD95 in pixels."""
     header = (
@@ -167,6 +177,11 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             f"{100 * result['iou_pooled']:8.2f} {hd95}  {result['hd95_images']} images "
             f"({result['hd95_excluded']} with an empty mask left out)"
         )
+        if result["text_mode"] == "shuffled" and _same_scores(result, results):
+            lines.append(
+                f"{'':<10} the report and shuffled rows are identical: this model does not use its reports (so far: "
+                "a short run, such as the README's sample job, may not have learnt to)"
+            )
         if "identical_texts_after_shuffle" in result:
             lines.append(
                 f"{'':<10} shuffled: {result['identical_texts_after_shuffle']} of {result['num_images']} images "

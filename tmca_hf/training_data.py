@@ -141,9 +141,9 @@ class BatchedAppearance:
         return self
 
     def _noise(self, shape, indices: torch.Tensor, dtype) -> torch.Tensor:
-        """A unit normal field per image, seeded by (seed, epoch, index)."""
+        """A unit normal field per image, seeded by (seed, epoch, index); `indices` on the host (no device read)."""
         fields = []
-        for index in indices.tolist():
+        for index in indices.cpu().tolist():
             generator = torch.Generator(self.device).manual_seed(
                 (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
             )
@@ -151,7 +151,8 @@ class BatchedAppearance:
         return torch.stack(fields)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor):
-        """images (B, C, H, W) normalised as the processor does, masks (B, H, W), indices (B,) -> augmented pair."""
+        """images (B, C, H, W) normalised as the processor does, masks (B, H, W), indices (B,) on the host ->
+        augmented pair."""
         draws = self.draws[indices].to(images.dtype)
         on = draws[:, :4] < self.p
         amount = draws[:, 4:]
@@ -168,13 +169,12 @@ class BatchedAppearance:
         unit = ((unit - level) * contrast + level + shift).clamp(0, 1)
         gamma = torch.where(on[:, 1, None, None, None], between(self.gamma, amount[:, 2]), 1.0)
         unit = unit.pow(gamma)
+        # No branch on the draws: every image goes through each step (an off step changes nothing), so a batch on a
+        # GPU never waits for the host to read a draw back.
         sigma = torch.where(on[:, 2], self.max_noise * amount[:, 3], 0.0)[:, None, None, None]
-        if bool(on[:, 2].any()):
-            unit = (unit + sigma * self._noise(images.shape[1:], indices, images.dtype)).clamp(0, 1)
-        compress = on[:, 3]
-        if bool(compress.any()):
-            quality = (self.jpeg_quality[0] + (self.jpeg_quality[1] - self.jpeg_quality[0]) * amount[:, 4]).round()
-            unit = torch.where(compress[:, None, None, None], jpeg_like(unit, quality), unit)
+        unit = (unit + sigma * self._noise(images.shape[1:], indices, images.dtype)).clamp(0, 1)
+        quality = (self.jpeg_quality[0] + (self.jpeg_quality[1] - self.jpeg_quality[0]) * amount[:, 4]).round()
+        unit = torch.where(on[:, 3, None, None, None], jpeg_like(unit, quality), unit)
         return (unit - mean) / std, masks
 
 
@@ -258,13 +258,13 @@ class DecodedSplit(Dataset):
             augmentation.set_epoch(epoch)
 
     def collate(self, indices: list) -> dict:
-        index = torch.tensor(indices)
+        host_index = index = torch.tensor(indices)
         if self.labels.is_cuda:  # an asynchronous copy: the host queues this batch while the device still works
             index = index.pin_memory().to(self.labels.device, non_blocking=True)
         pixel_values = self.pixel_values[index].float()
         labels = self.labels[index].float()
-        for augmentation in self.augment:
-            pixel_values, labels = augmentation(pixel_values, labels, index)
+        for augmentation in self.augment:  # their draws are looked up by the host-side indices
+            pixel_values, labels = augmentation(pixel_values, labels, host_index)
         reports = self.report_ids[index]
         batch = {
             "pixel_values": pixel_values.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last),

@@ -411,13 +411,15 @@ def test_header_rows_and_auroc_come_from_the_model_folder(app, tmp_path, caplog)
 
 def test_release_model_header_reads_its_card(app):
     """The release folder keeps no eval_results.json: the three rows come from its card's results table, as written;
-    it keeps no AUROC either (the repository README has the measured one), so the header gives none."""
+    its AUROCs are what benchmarks/consistency_auroc.py printed for it (consistency_auroc.json)."""
     release = app.DEFAULT_MODELS[0]
     if not release.is_dir():
         pytest.skip(f"{release} is not in this checkout")
     trained_on, results, auroc = app.model_facts(str(release))
     card = (release / "README.md").read_text()
-    assert [result.text_mode for result in results] == ["report", "shuffled", "empty"] and auroc is None
+    assert [result.text_mode for result in results] == ["report", "shuffled", "empty"]
+    assert auroc["model"] == "models/tmca-qata-cov19" and auroc["num_images"] == 1429
+    assert (round(auroc["auroc_a"], 3), round(auroc["auroc_b"], 3)) == (0.594, 0.629)  # as the README states
     for result in results:
         assert f"| {result.text_mode} | {result.num_images} | {result.dice_per_image:.2f} |" in card
     assert "QaTa-COV19" in trained_on

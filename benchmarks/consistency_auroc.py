@@ -1,21 +1,26 @@
-"""How well `outputs.consistency` tells an image's own report from a wrong one (issue 10, items 1 and 2).
+"""How well `outputs.consistency` tells an image's own report from a wrong one (issues 10 and 16).
 
 For each image of a split, the consistency score with
   (own)  its own report,
   (a)    the report of another image whose report differs in wording (a fixed-seed derangement of the images,
          repaired so that no image gets a text equal to its own),
   (b)    its own report with left and right swapped (`tmca_hf.modeling.laterality_tmca.swap_laterality`; the hard case),
-and the AUROC of own against (a) and own against (b). AUROCs are computed on the raw mean cosine s (the score before
-calibration), so they do not depend on the calibration. For (b), swaps that leave the report's findings unchanged
-("lower left lung and lower right lung", a report without a side) are not negatives: they are left out of `auroc_b`
-and `num_images_b` counts the rest (`auroc_b_all_changed_texts` keeps every swap that changed the text at all).
+  (c)    its own report with a wrong count of infected areas (`tmca_hf.report_matching.wrong_count`),
+and the AUROC of own against each. AUROCs are computed on the raw score s before calibration (the report-matching
+head's logit where the model has the head, else the alignment space's mean cosine), so they do not depend on the
+calibration. For (b), swaps that leave the report's findings unchanged ("lower left lung and lower right lung", a
+report without a side) are not negatives: they are left out of `auroc_b` and `num_images_b` counts the rest
+(`auroc_b_all_changed_texts` keeps every swap that changed the text at all); (c) counts the reports that state a count.
+
+With --fit_split train, a report-matching head is first trained on that split (`tmca_hf.report_matching`) and saved
+into the model folder, so one run fits the head on the training images and measures it on the --split.
 
 With --calibrate, the logistic calibration p = sigmoid(a * s + b) is fitted by plain torch (LBFGS on the
-class-balanced logistic loss, float64): own reports are positives, (a) and (b) negatives, each class weighted to
+class-balanced logistic loss, float64): own reports are positives, (a), (b) and (c) negatives, each class weighted to
 half the loss (a prior of 0.5 that a given report matches). It is written into the model folder's config.json with
 `config.save_pretrained` (the weights are not touched).
 
-    python benchmarks/consistency_auroc.py --model FOLDER --dataset /work/shared/data/qata_cov19 --split validation \
+    python benchmarks/consistency_auroc.py --model FOLDER --dataset ../shared/data/qata_cov19 --split validation \
         [--max_samples N] [--calibrate]
 
 Prints one JSON line. The model is loaded with this checkout's `tmca_hf` classes (not the folder's remote code,
@@ -25,7 +30,6 @@ which may predate the consistency score).
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,36 +44,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tmca_hf import TmcaConfig, TmcaForImageSegmentation, TmcaProcessor  # noqa: E402
 from tmca_hf.data import load_split, normalize_split_name  # noqa: E402
-from tmca_hf.evaluation import derangement  # noqa: E402
+from tmca_hf.evaluation import normalise_report  # noqa: E402
+from tmca_hf.hub import save_release  # noqa: E402
 from tmca_hf.modeling.laterality_tmca import swap_laterality  # noqa: E402
+from tmca_hf.report_matching import (  # noqa: E402
+    fit_report_matching,
+    matching_logits,
+    other_reports,
+    report_claims,
+    report_vectors,
+    text_free_lesion_features,
+    wrong_count,
+)
 
 
 SWAP_SOURCE = "tmca_hf.modeling.laterality_tmca.swap_laterality"
-
-
-def normalise_report(text: str) -> str:
-    return " ".join(text.lower().split()).rstrip(".")
-
-
-def report_claims(text: str) -> frozenset:
-    """The report's clauses (split at commas and 'and') as a set: equal sets mean the same findings."""
-    return frozenset(clause.strip() for clause in re.split(r",|\band\b", normalise_report(text)) if clause.strip())
-
-
-def other_reports(reports: list, seed: int) -> list:
-    """A derangement of the images (fixed by `seed`) in which no image gets a text equal to its own."""
-    keys = np.unique([normalise_report(text) for text in reports], return_inverse=True)[1]
-    if np.bincount(keys).max() > len(reports) / 2:
-        raise ValueError("one report text covers more than half of the images: no image order gives all others")
-    order = np.array(derangement(len(reports), seed))
-    rng = np.random.default_rng(seed + 1)
-    while True:
-        clashes = np.flatnonzero(keys[order] == keys)
-        if not clashes.size:
-            return order.tolist()
-        i, j = clashes[0], int(rng.integers(len(reports)))
-        if keys[order[j]] != keys[i] and keys[order[i]] != keys[j]:  # different texts imply different images
-            order[i], order[j] = order[j], order[i]
 
 
 def auroc(positives, negatives) -> float:
@@ -100,8 +89,26 @@ def fit_calibration(positives, negatives, steps: int = 200) -> list:
     return [float(value) for value in parameters.detach()]
 
 
+class RawScores:
+    """The uncalibrated score s of (image, report) pairs: the report-matching head's logit when the model has one
+    (its image inputs computed once), else the alignment space's mean cosine (consistency without calibration is
+    (s + 1) / 2)."""
+
+    def __init__(self, model, processor, images, batch_size: int, device):
+        self.model, self.processor, self.images, self.batch_size, self.device = model, processor, images, batch_size, device
+        self.inputs = (
+            text_free_lesion_features(model, processor, images, batch_size) if model.report_matching is not None else None
+        )
+
+    def __call__(self, reports) -> np.ndarray:
+        if self.inputs is None:
+            return mean_cosines(self.model, self.processor, self.images, reports, self.batch_size, self.device)
+        vectors = report_vectors(self.model, self.processor, reports)
+        return matching_logits(self.model.report_matching, self.inputs, reports, vectors).double().numpy()
+
+
 @torch.inference_mode()
-def raw_scores(model, processor, images, reports, batch_size: int, device) -> np.ndarray:
+def mean_cosines(model, processor, images, reports, batch_size: int, device) -> np.ndarray:
     """The mean cosine s of each (image, report) pair: consistency without calibration is (s + 1) / 2."""
     scores = []
     for start in range(0, len(images), batch_size):
@@ -112,6 +119,19 @@ def raw_scores(model, processor, images, reports, batch_size: int, device) -> np
     return torch.cat(scores).numpy()
 
 
+def fit_head(args, device) -> dict:
+    """Train the report-matching head on --fit_split and save it into --model; what `fit_report_matching` returns."""
+    dataset, _ = load_split(args.dataset, args.fit_split)
+    if args.max_fit_samples is not None:
+        dataset = dataset.select(range(min(args.max_fit_samples, len(dataset))))
+    model = TmcaForImageSegmentation.from_pretrained(args.model).to(device).eval()
+    processor = TmcaProcessor.from_pretrained(args.model)
+    fitted = fit_report_matching(model, processor, list(dataset["image"]), list(dataset["text"]),
+                                 hidden_size=args.head_hidden_size, epochs=args.head_epochs, seed=args.seed)
+    save_release(model, processor, args.model)
+    return {"split": normalize_split_name(args.fit_split), **fitted}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="a TMCA save_pretrained folder")
@@ -119,6 +139,12 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--max_samples", type=int, default=None, help="only the first N images of the split")
     parser.add_argument("--calibrate", action="store_true", help="fit (a, b) and write them into the model's config")
+    parser.add_argument("--fit_split", default=None,
+                        help="first train a report-matching head on this split of --dataset (e.g. train) and save it "
+                             "into --model (tmca_hf.report_matching; 16-bit weights, the rest of the folder kept)")
+    parser.add_argument("--max_fit_samples", type=int, default=None, help="only the first N images of --fit_split")
+    parser.add_argument("--head_epochs", type=int, default=40)
+    parser.add_argument("--head_hidden_size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="seed of the other-report derangement")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -131,9 +157,11 @@ def main(argv=None) -> int:
     images, reports = list(dataset["image"]), list(dataset["text"])
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fitted = fit_head(args, device) if args.fit_split else None
     model = TmcaForImageSegmentation.from_pretrained(args.model).to(device).eval()
-    if not model.config.alignment_levels:
-        raise SystemExit("consistency_auroc: this model has no alignment levels, so it has no consistency score")
+    if not model.config.alignment_levels and model.report_matching is None:
+        raise SystemExit("consistency_auroc: this model has neither a report-matching head nor alignment levels, "
+                         "so it has no consistency score")
     model.config.consistency_calibration = None  # raw s; AUROC does not depend on a monotone calibration
     processor = TmcaProcessor.from_pretrained(args.model)
 
@@ -142,9 +170,12 @@ def main(argv=None) -> int:
     meaning_changed = np.array([report_claims(a) != report_claims(b) for a, b in zip(reports, swapped)])
     text_changed = np.array([normalise_report(a) != normalise_report(b) for a, b in zip(reports, swapped)])
 
-    own = raw_scores(model, processor, images, reports, args.batch_size, device)
-    other = raw_scores(model, processor, images, others, args.batch_size, device)
-    swap = raw_scores(model, processor, images, swapped, args.batch_size, device)
+    counted = [wrong_count(text) for text in reports]
+    has_count = np.array([text is not None for text in counted])
+
+    raw_scores = RawScores(model, processor, images, args.batch_size, device)
+    own, other, swap = raw_scores(reports), raw_scores(others), raw_scores(swapped)
+    count = raw_scores([text or own_text for text, own_text in zip(counted, reports)])
 
     result = {
         "model": str(args.model),
@@ -155,14 +186,18 @@ def main(argv=None) -> int:
         "num_images_b": int(meaning_changed.sum()),
         "auroc_b_all_changed_texts": auroc(own[text_changed], swap[text_changed]),
         "num_images_b_all_changed_texts": int(text_changed.sum()),
+        "auroc_c": auroc(own[has_count], count[has_count]),
+        "num_images_c": int(has_count.sum()),
+        "score": "report-matching head logit" if raw_scores.inputs is not None else "alignment-space mean cosine",
         "paired_win_rate_a": float((own > other).mean()),
         "paired_win_rate_b": float((own[meaning_changed] > swap[meaning_changed]).mean()),
-        "mean_cosine": {"own": float(own.mean()), "a": float(other.mean()), "b": float(swap[meaning_changed].mean())},
+        "mean_score": {"own": float(own.mean()), "a": float(other.mean()), "b": float(swap[meaning_changed].mean()),
+                       "c": float(count[has_count].mean())},
         "seed": args.seed,
         "laterality_swap": SWAP_SOURCE,
     }
     if args.calibrate:
-        negatives = np.concatenate([other, swap[meaning_changed]])
+        negatives = np.concatenate([other, swap[meaning_changed], count[has_count]])
         calibration = fit_calibration(own, negatives)
         config = TmcaConfig.from_pretrained(args.model)
         config.consistency_calibration = calibration
@@ -170,17 +205,20 @@ def main(argv=None) -> int:
         probability = lambda s: 1 / (1 + np.exp(-(calibration[0] * s + calibration[1])))  # noqa: E731
         result["calibration"] = {
             "consistency_calibration": calibration,
-            "fit": "torch LBFGS, class-balanced logistic loss; positives own, negatives (a) and (b)",
+            "fit": "torch LBFGS, class-balanced logistic loss; positives own, negatives (a), (b) and (c)",
             "mean_probability": {
                 "own": float(probability(own).mean()),
                 "a": float(probability(other).mean()),
                 "b": float(probability(swap[meaning_changed]).mean()),
+                "c": float(probability(count[has_count]).mean()),
             },
             "written_to": str(args.model / "config.json"),
         }
     else:
         stored = TmcaConfig.from_pretrained(args.model).consistency_calibration
         result["calibration"] = {"consistency_calibration": stored}
+    if fitted:
+        result["report_matching_fit"] = fitted
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
     return 0

@@ -40,8 +40,9 @@ def derangement(size: int, seed: int = 0) -> list[int]:
             return permutation.tolist()
 
 
-def _normalise_report(text: str) -> str:
-    return " ".join(text.lower().split())
+def normalise_report(text: str) -> str:
+    """A report compared by its words: lower case, single spaces, no final full stop."""
+    return " ".join(text.lower().split()).rstrip(".")
 
 
 def _check_dataset(dataset, text_mode: str) -> None:
@@ -65,7 +66,7 @@ def _reports(dataset, text_mode: str, seed: int) -> tuple[Optional[list[str]], d
         return reports, {}
     order = derangement(len(reports), seed)
     shuffled = [reports[source] for source in order]
-    identical = sum(_normalise_report(a) == _normalise_report(b) for a, b in zip(reports, shuffled))
+    identical = sum(normalise_report(a) == normalise_report(b) for a, b in zip(reports, shuffled))
     # Reports repeat (e.g. QaTa-COV19), so some images get a text identical to their own from another image.
     return shuffled, {"shuffle_seed": seed, "identical_texts_after_shuffle": identical}
 

@@ -52,6 +52,17 @@ def _as_ood_threshold(value):
     return float(value)
 
 
+def _as_report_matching_hidden_size(value):
+    """`None`, or `report_matching_hidden_size` as a positive int."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"report_matching_hidden_size must be None (no report-matching head) or a positive width, got {value!r}."
+        )
+    return int(value)
+
+
 def _as_calibration(value):
     """`None`, or `consistency_calibration` as a list of two finite floats [a, b]."""
     if value is None:
@@ -131,11 +142,16 @@ class TmcaConfig(PretrainedConfig):
             path starts.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
+        report_matching_hidden_size (`int`, *optional*):
+            Width of the report-matching head (`TmcaReportMatching`), which scores whether a report fits the image.
+            Set, with the head's weights, by `tmca_hf.report_matching.fit_report_matching` after the main training;
+            `None` (the default): no head, and the consistency score is read off the alignment space.
         consistency_calibration (`list[float]`, *optional*):
             `[a, b]` of the logistic calibration of the report-image consistency score: `outputs.consistency =
-            sigmoid(a * s + b)`, s the mean over alignment levels of the cosine between the report embedding and
-            the predicted target embedding. Fitted on a validation split (`benchmarks/consistency_auroc.py
-            --calibrate`); `a` is normally positive. `None` (default): the score is the uncalibrated `(s + 1) / 2`.
+            sigmoid(a * s + b)`, s the report-matching head's logit, or (a model without the head) the mean over
+            alignment levels of the cosine between the report embedding and the predicted target embedding. Fitted
+            on a validation split (`benchmarks/consistency_auroc.py --calibrate`); `a` is normally positive. `None`
+            (default): the score is the uncalibrated `sigmoid(s)` (head) or `(s + 1) / 2` (cosine).
         ood_threshold (`float`, *optional*):
             The image-statistics score (`outputs.ood_score`, see `TmcaImageStatistics`) above which an image is
             unlike the training images. Set, with the statistics, by `tmca_hf.image_checks.fit_image_statistics` on a
@@ -170,6 +186,7 @@ class TmcaConfig(PretrainedConfig):
         pixel_alignment_weight=1.0,
         cross_attention_init=0.01,
         initializer_range=0.02,
+        report_matching_hidden_size=None,
         consistency_calibration=None,
         ood_threshold=None,
         **kwargs,
@@ -199,6 +216,7 @@ class TmcaConfig(PretrainedConfig):
         self.pixel_alignment_weight = pixel_alignment_weight
         self.cross_attention_init = cross_attention_init
         self.initializer_range = initializer_range
+        self.report_matching_hidden_size = _as_report_matching_hidden_size(report_matching_hidden_size)
         self.consistency_calibration = _as_calibration(consistency_calibration)
         self.ood_threshold = _as_ood_threshold(ood_threshold)
         super().__init__(num_labels=num_labels, **kwargs)
@@ -231,6 +249,11 @@ class TmcaConfig(PretrainedConfig):
             raise ValueError(
                 "use_target_enhancement needs the similarity maps of alignment levels: "
                 "set use_target_enhancement=False or give alignment_levels."
+            )
+        if self.report_matching_hidden_size is not None and not (self.use_text and self.text_dropout > 0):
+            raise ValueError(
+                "report_matching_hidden_size sets a head that compares a report with the model's text-free prediction: "
+                "it needs use_text=True and text_dropout > 0."
             )
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}.")

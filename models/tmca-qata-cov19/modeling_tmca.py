@@ -51,16 +51,17 @@ class TmcaSegmentationOutput(ModelOutput):
         pixel_alignment_loss (`torch.FloatTensor`, returned when `labels` are given and levels exist):
             Weighted sum over levels of the dense pixel-text terms alone.
         consistency (`torch.FloatTensor` of shape `(batch_size,)` in [0, 1], returned when a report is given and the
-            model has alignment levels): how well the report matches the image (see `report_consistency`). At each
-            alignment level, the cosine between the report embedding u and the embedding of the *predicted* target
-            region (V_s pooled with `sigmoid(logits)` downsampled by area to the level's size), averaged over levels
-            into s; then `sigmoid(a * s + b)` with `(a, b) = config.consistency_calibration`, a probability that the
-            report matches the image (fitted on a validation split by `benchmarks/consistency_auroc.py
-            --calibrate`). Without a calibration (`None`, the default) it is the uncalibrated `(s + 1) / 2`: it
-            ranks pairs but is not a probability. `None` without a report (text-free inference: there is nothing to
-            compare), for models without alignment levels (no joint report-pixel space to measure in) and for
-            `num_labels != 1` (no single predicted target region). In training mode, samples whose report text
-            dropout replaced by the null text score NaN. Detached: it never changes the logits or the losses.
+            model has a report-matching head or alignment levels): how well the report fits the image, a score s
+            turned into `sigmoid(a * s + b)` with `(a, b) = config.consistency_calibration`, a probability that the
+            report fits (fitted on a validation split by `benchmarks/consistency_auroc.py --calibrate`). With a
+            report-matching head (`config.report_matching_hidden_size`, `TmcaReportMatching`, trained for the job
+            on own, other, side-swapped and wrong-count reports), s is its logit and the uncalibrated score
+            `sigmoid(s)`. Without one, s is read off the alignment space (`report_consistency`): at each level the
+            cosine between the report embedding u and the embedding of the *predicted* target region, averaged over
+            levels, and the uncalibrated score `(s + 1) / 2` ranks pairs but is not a probability. `None` without a
+            report (text-free inference: there is nothing to compare), for a model with neither a head nor
+            alignment levels and for `num_labels != 1`. In training mode, samples whose report text dropout
+            replaced by the null text score NaN. Detached: it never changes the logits or the losses.
         ood_score (`torch.FloatTensor` of shape `(batch_size,)`, returned when `config.ood_threshold` is set): how
             unlike the training images an image is (see [`TmcaImageStatistics`]): about 1 for images like them,
             higher for others; above `config.ood_threshold` the image is not one the model can vouch for.
@@ -243,6 +244,51 @@ class TmcaImageStatistics(nn.Module):
         return (squared / self.mean.numel()).sqrt()
 
 
+class TmcaReportMatching(nn.Module):
+    """
+    Does the report fit the image? A report-matching head (an image-text matching head, as BLIP's ITM head), trained
+    for the job after the main training, on the frozen model, by `tmca_hf.report_matching.fit_report_matching`:
+    positives are images with their own report, negatives the same images with another image's different report,
+    their side-swapped report and a wrong count of infected areas. It compares where the model finds lesions
+    *without* a report (its text-free prediction, so a wrong report cannot move what it is compared with) with what
+    the report says: the lesion probability pooled into a grid of 6 rows by 4 columns (the image's left half is the
+    first two), as the share of each cell that is lesion and the share of the lesion in each cell, standardised with
+    the training images' statistics (buffers, set by the fit); the report's sentence vector; and their elementwise
+    product in a shared width, into one logit per pair. It takes no part in the main training's loss and stays frozen
+    there.
+    """
+
+    lesion_grid_size = (6, 4)
+    dropout = 0.1
+
+    def __init__(self, config: TmcaConfig):
+        super().__init__()
+        hidden = config.report_matching_hidden_size
+        features = 2 * self.lesion_grid_size[0] * self.lesion_grid_size[1]
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_scale", torch.ones(features))
+        self.lesion_projection = nn.Sequential(nn.Linear(features, hidden), nn.GELU())
+        text_size = config.text_config.hidden_size
+        self.text_projection = nn.Sequential(nn.LayerNorm(text_size), nn.Linear(text_size, hidden), nn.GELU())
+        self.classifier = nn.Sequential(
+            nn.Dropout(self.dropout), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
+
+    @classmethod
+    def lesion_features(cls, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) text-free logits -> (B, 48) in float32: per cell of the grid (row-major), the mean lesion
+        probability, then the share of the whole lesion that lies in the cell."""
+        cells = F.adaptive_avg_pool2d(logits.float().sigmoid(), cls.lesion_grid_size).flatten(1)  # (B, 24)
+        return torch.cat([cells, cells / cells.sum(1, keepdim=True).clamp(min=1e-3)], dim=1)
+
+    def forward(self, lesion_features: torch.Tensor, text_vector: torch.Tensor) -> torch.Tensor:
+        """(B, 48) `lesion_features` and (B, hidden_size) report vectors -> (B,) matching logits."""
+        standardised = (lesion_features.float() - self.feature_mean.float()) / self.feature_scale.float()
+        image = self.lesion_projection(standardised)
+        text = self.text_projection(text_vector.float())
+        return self.classifier(torch.cat([image, text, image * text], dim=-1)).squeeze(-1)
+
+
 class TmcaTargetEnhancement(nn.Module):
     """Language-guided target enhancement (LTE, docs/method.md section 5): Z_s <- Z_s * (1 + gamma_s * A_s)."""
 
@@ -313,8 +359,13 @@ def report_consistency(logits: torch.Tensor, alignments: list, calibration=None)
     mean_cosine = torch.stack(cosines).mean(0)  # s, (B,)
     if calibration is None:
         return (mean_cosine + 1) / 2
-    slope, intercept = calibration
-    return torch.sigmoid(slope * mean_cosine + intercept)
+    return calibrated_consistency(mean_cosine, calibration)
+
+
+def calibrated_consistency(score: torch.Tensor, calibration) -> torch.Tensor:
+    """sigmoid(a * s + b) of a consistency score s (B,), with `calibration = (a, b)`; sigmoid(s) without one."""
+    slope, intercept = (1.0, 0.0) if calibration is None else calibration
+    return torch.sigmoid(slope * score + intercept)
 
 
 def target_sensitive_contrastive_loss(
@@ -416,6 +467,9 @@ class TmcaPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.pixel_logit_bias)
         elif isinstance(module, TmcaTargetEnhancement):
             nn.init.constant_(module.gamma, self.config.enhancement_init)
+        elif isinstance(module, TmcaReportMatching):
+            nn.init.zeros_(module.feature_mean)
+            nn.init.ones_(module.feature_scale)
         elif isinstance(module, TmcaImageStatistics):
             nn.init.zeros_(module.mean)
             nn.init.ones_(module.scale)
@@ -487,7 +541,12 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         )
         self.segmentation_head = nn.Conv2d(hidden[3], config.num_labels, 1)
         self.image_statistics = TmcaImageStatistics(channels[3])
+        self.report_matching = (
+            TmcaReportMatching(config) if config.report_matching_hidden_size is not None else None
+        )
         self.post_init()
+        if self.report_matching is not None:
+            self.report_matching.requires_grad_(False)  # trained after the main training (fit_report_matching)
         if self.text_encoder is not None and config.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
             self.text_encoder.eval()  # from construction on: a module built in Python starts in train mode
@@ -651,6 +710,42 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
             "pixel_alignment_loss": pixel,
         }
 
+    # -- decoding ----------------------------------------------------------------------------------------------------
+
+    def _segment(self, features, text: TmcaText | None, size) -> tuple:
+        """The language-guided decoder and the alignment levels on the backbone's four feature maps: logits at `size`
+        (B, num_labels, H, W) and what each alignment level computed."""
+        features = list(features)
+        alignments = []
+        encoder_alignment = self.config.alignment_source == "encoder"
+        if encoder_alignment:
+            for index, stride in enumerate(BACKBONE_STRIDES[:3]):
+                if stride in self.config.alignment_levels:
+                    features[index], alignment = self._align(stride, features[index], text)
+                    alignments.append(alignment)
+
+        hidden_states = self.neck(features[3])  # (B, hidden[0], H/32, W/32)
+        for stage, skip, stride in zip(self.decoder_stages, reversed(features[:3]), DECODER_STRIDES):
+            hidden_states = stage(hidden_states, skip, text)  # Z_s at stride 16, 8, 4
+            if not encoder_alignment and stride in self.config.alignment_levels:
+                hidden_states, alignment = self._align(stride, hidden_states, text)
+                alignments.append(alignment)
+        logits = F.interpolate(self.segmentation_head(hidden_states), size=size, mode="bilinear", align_corners=False)
+        return logits, alignments
+
+    @torch.no_grad()
+    def text_free_lesion_features(self, features) -> torch.Tensor:
+        """
+        What the report-matching head sees of an image, whatever report comes with it: the lesion the model finds
+        without a report (the learned null text), as `TmcaReportMatching.lesion_features`, (B, 48). `features`: the
+        backbone's four feature maps. Used by the forward and by `tmca_hf.report_matching` alike.
+        """
+        if self.null_text is None:
+            raise ValueError("The report-matching head needs a text-free prediction: train with text_dropout > 0.")
+        null_text = self.encode_text(None, None, features[3].shape[0], features[3].device)
+        logits, _ = self._segment(features, null_text, tuple(4 * size for size in features[0].shape[-2:]))
+        return TmcaReportMatching.lesion_features(logits)
+
     # -- forward -----------------------------------------------------------------------------------------------------
 
     def forward(
@@ -689,35 +784,25 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         masks = self._check_inputs(pixel_values, input_ids, attention_mask, text_hidden_states, labels)
         batch_size = pixel_values.shape[0]
-        features = list(self.backbone(pixel_values).feature_maps)  # strides 4, 8, 16, 32
+        features = self.backbone(pixel_values).feature_maps  # strides 4, 8, 16, 32
         text = self.encode_text(input_ids, attention_mask, batch_size, pixel_values.device, text_hidden_states)
-
-        alignments = []
-        encoder_alignment = self.config.alignment_source == "encoder"
-        if encoder_alignment:
-            for index, stride in enumerate(BACKBONE_STRIDES[:3]):
-                if stride in self.config.alignment_levels:
-                    features[index], alignment = self._align(stride, features[index], text)
-                    alignments.append(alignment)
-
-        hidden_states = self.neck(features[3])  # (B, hidden[0], H/32, W/32)
-        for stage, skip, stride in zip(self.decoder_stages, reversed(features[:3]), DECODER_STRIDES):
-            hidden_states = stage(hidden_states, skip, text)  # Z_s at stride 16, 8, 4
-            if not encoder_alignment and stride in self.config.alignment_levels:
-                hidden_states, alignment = self._align(stride, hidden_states, text)
-                alignments.append(alignment)
-        logits = F.interpolate(
-            self.segmentation_head(hidden_states), size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
-        )
+        logits, alignments = self._segment(features, text, pixel_values.shape[-2:])
 
         losses = {}
         if labels is not None:
             losses = self._loss(logits, masks, text, alignments)
         maps = {alignment.stride: alignment.similarity_logits.sigmoid() for alignment in alignments}
         consistency = None
-        if input_ids is not None and alignments and self.config.num_labels == 1:
-            consistency = report_consistency(logits, alignments, self.config.consistency_calibration)
-            consistency = consistency.where(text.has_report, float("nan"))  # NaN only where text dropout hit
+        if input_ids is not None and self.config.num_labels == 1:
+            calibration = self.config.consistency_calibration
+            if self.report_matching is not None:
+                with torch.no_grad():
+                    score = self.report_matching(self.text_free_lesion_features(features), text.vector)
+                consistency = calibrated_consistency(score, calibration)
+            elif alignments:
+                consistency = report_consistency(logits, alignments, calibration)
+            if consistency is not None:
+                consistency = consistency.where(text.has_report, float("nan"))  # NaN only where text dropout hit
         ood_score = None if self.config.ood_threshold is None else self.image_statistics(features[3]).detach()
         output = TmcaSegmentationOutput(
             logits=logits,
@@ -729,4 +814,12 @@ class TmcaForImageSegmentation(TmcaPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["TmcaForImageSegmentation", "TmcaImageStatistics", "TmcaPreTrainedModel", "TmcaSegmentationOutput", "report_consistency"]
+__all__ = [
+    "TmcaForImageSegmentation",
+    "TmcaImageStatistics",
+    "TmcaPreTrainedModel",
+    "TmcaReportMatching",
+    "TmcaSegmentationOutput",
+    "calibrated_consistency",
+    "report_consistency",
+]

@@ -41,7 +41,7 @@ from tmca_hf.hub import push_folder_to_hub
 from tmca_hf.inference import RELEASED_MODEL
 from tmca_hf.metrics import SegmentationMetrics
 from tmca_hf.model_card import write_model_card
-from tmca_hf.training_data import BatchedAppearance, BatchedRandomZoom, DecodedSplit
+from tmca_hf.training_data import BatchedAppearance, BatchedRandomZoom, DecodedSplit, SideConditioning
 
 
 logger = get_logger(__name__)
@@ -69,6 +69,12 @@ def parse_args(argv=None):
     data.add_argument("--max_eval_samples", type=int, default=None, help="Per dataset.")
     data.add_argument("--no_augment", action="store_true",
                       help="Switch off the augmentation (the light random zoom; contrast, gamma, noise and JPEG).")
+    data.add_argument("--one_side_reports", type=float, default=0.0,
+                      help="Share of the images with lesion on both sides given, each epoch, a one-side report written "
+                           "from one side's lesion, with only that lesion as the target (SideConditioning).")
+    data.add_argument("--swapped_side_reports", type=float, default=0.0,
+                      help="Share of the images with a unilateral report given, each epoch, that report with left and "
+                           "right swapped, with only the lesion on the side it names as the target (SideConditioning).")
     data.add_argument("--preprocessing_num_workers", type=int, default=0,
                       help="Processes that decode each split, once, before training.")
 
@@ -166,6 +172,11 @@ def parse_args(argv=None):
         args.encoder_learning_rate = args.learning_rate / 10
     if args.checkpointing_steps not in ("epoch", "none") and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps must be 'epoch', 'none' or an integer, got {args.checkpointing_steps!r}.")
+    for flag, value in (("--one_side_reports", args.one_side_reports), ("--swapped_side_reports", args.swapped_side_reports)):
+        if not 0.0 <= value <= 1.0:
+            parser.error(f"{flag} is a share of the training images and must lie in [0, 1], got {value}.")
+        if value and args.no_text:
+            parser.error(f"{flag} changes reports, and --no_text trains without them: leave one out.")
     if args.image_size % 32:
         parser.error(f"--image_size must be a multiple of 32 (the backbone's coarsest stride), got {args.image_size}.")
     if args.checkpoint_dir is None:
@@ -413,7 +424,13 @@ def main(argv=None):
         BatchedAppearance(len(train_set), args.seed, processor.image_processor.image_mean, processor.image_processor.image_std),
     ]
     started = time.perf_counter()
-    train_data = DecodedSplit(train_set, processor, augment=augment, num_workers=args.preprocessing_num_workers)
+    side_conditioning = None
+    if args.one_side_reports or args.swapped_side_reports:
+        side_conditioning = SideConditioning(args.seed, args.one_side_reports, args.swapped_side_reports)
+    train_data = DecodedSplit(
+        train_set, processor, augment=augment, num_workers=args.preprocessing_num_workers,
+        side_conditioning=side_conditioning,
+    )
     eval_data = {
         name: DecodedSplit(eval_set, processor, num_workers=args.preprocessing_num_workers)
         for name, eval_set in eval_sets.items()

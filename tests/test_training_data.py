@@ -13,6 +13,7 @@ from tmca_hf.training_data import (
     BatchedRandomZoom,
     DecodedSplit,
     RandomZoom,
+    SideConditioning,
     TmcaSegmentationCollator,
     jpeg_like,
 )
@@ -144,6 +145,71 @@ def paired_example(size: int = 40):
     mask[5:17, 20:33] = 255
     image = np.stack([mask, np.full_like(mask, 90), np.full_like(mask, 30)], -1)
     return Image.fromarray(image), Image.fromarray(mask)
+
+
+def two_sided_and_one_sided_masks(size=32):
+    """Example 0: a lesion low in each half; example 1: one low in the image's left half; example 2: none."""
+    labels = torch.zeros(3, size, size, dtype=torch.uint8)
+    labels[0, 20:28, 3:10] = labels[0, 20:28, 22:29] = 1
+    labels[1, 20:28, 3:10] = 1
+    reports = [
+        "bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
+        "unilateral pulmonary infection, one infected area, lower left lung.",
+        "not a QaTa-style report",
+    ]
+    return labels, reports, torch.arange(3)
+
+
+def test_side_conditioning_writes_one_side_reports_and_keeps_that_sides_lesion():
+    labels, reports, report_ids = two_sided_and_one_sided_masks()
+    conditioning = SideConditioning(seed=0, one_side=1.0, swapped_side=1.0)
+    written = conditioning.prepare(labels, reports, report_ids)
+    assert written[:3] == reports
+    left_only, right_only = (written[i] for i in conditioning.alternatives[0].tolist())
+    assert left_only == "unilateral pulmonary infection, one infected area, lower left lung." == reports[1]
+    assert right_only == "unilateral pulmonary infection, one infected area, lower right lung."
+    assert conditioning.alternatives[1].tolist() == [-1, written.index(right_only)], "the unilateral report, swapped"
+    assert conditioning.alternatives[2].tolist() == [-1, -1] and conditioning.probability[2] == 0
+    targets, ids = conditioning(labels.float(), report_ids, torch.arange(3))
+    side = "left" if ids[0] == conditioning.alternatives[0, 0] else "right"
+    kept = targets[0, :, :16] if side == "left" else targets[0, :, 16:]
+    assert torch.equal(kept, labels[0, :, :16].float() if side == "left" else labels[0, :, 16:].float())
+    assert targets[0].sum() == 7 * 8, "only the named side's lesion is the target"
+    assert written[ids[1]] == right_only and targets[1].sum() == 0, "the swapped report names a side with no lesion"
+    assert ids[2] == 2 and torch.equal(targets[2], labels[2].float())
+
+
+def test_side_conditioning_draws_per_example_and_epoch_and_leaves_the_rest_alone():
+    labels, reports, report_ids = two_sided_and_one_sided_masks()
+    labels, report_ids = labels.repeat(40, 1, 1), report_ids.repeat(40)
+    conditioning = SideConditioning(seed=1, one_side=0.5, swapped_side=0.0)
+    conditioning.prepare(labels, reports, report_ids)
+    indices = torch.arange(len(labels))
+    targets, ids = conditioning(labels.float(), report_ids, indices)
+    changed = ids != report_ids
+    assert 10 <= int(changed.sum()) <= 30 and bool((indices[changed] % 3 == 0).all()), "only two-sided images, about half"
+    assert torch.equal(targets[~changed], labels[~changed].float())
+    alone = conditioning(labels[6:7].float(), report_ids[6:7], torch.tensor([6]))
+    assert torch.equal(alone[0], targets[6:7]) and alone[1] == ids[6], "the draw belongs to the example, not the batch"
+    conditioning.set_epoch(1)
+    assert not torch.equal(conditioning(labels.float(), report_ids, indices)[1], ids), "a new epoch draws anew"
+    with pytest.raises(ValueError, match=r"one_side=1.5 must lie in \[0, 1\]"):
+        SideConditioning(seed=0, one_side=1.5)
+
+
+def test_decoded_split_caches_the_reports_side_conditioning_writes(sample_split):
+    processor = tiny_processor()
+    model = TmcaForImageSegmentation(tiny_config(text_dropout=0.0))  # as train.py builds it: train mode
+    decoded = DecodedSplit(sample_split, processor, side_conditioning=SideConditioning(seed=0, one_side=1.0, swapped_side=1.0))
+    assert len(decoded.reports) > len(set(sample_split["text"])), "one-side reports join the split's"
+    decoded.cache_report_states(model)
+    batch = decoded.collate(list(range(len(sample_split))))
+    assert sum(decoded.reports[i] not in sample_split["text"] for i in decoded.side_conditioning.alternatives.flatten()
+               if i >= 0), "some examples get a report the split does not have"
+    uncached = {k: v for k, v in batch.items() if k != "text_hidden_states"}
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, model(**uncached).logits, rtol=0, atol=0)
 
 
 def test_random_zoom_keeps_image_and_mask_aligned():

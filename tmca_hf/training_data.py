@@ -7,6 +7,8 @@ batch is an index into those tensors, the light zoom of the method (section 6) r
 (`BatchedRandomZoom`) with what users' files differ by (`BatchedAppearance`: contrast, gamma, noise, JPEG), and the
 reports, which repeat (153 distinct ones over 5,713 QaTa-COV19 training images), are
 tokenised once and, while the text encoder is frozen, encoded once (`DecodedSplit.cache_report_states`).
+`SideConditioning` adds pairs whose report names one side and whose target keeps only that side's lesion, so the
+side a report names steers the mask.
 
 For `Trainer` users and row-by-row pipelines, `TmcaSegmentationCollator` turns dataset rows into a model batch through
 the processor, after the optional zoom of each row with PIL (`RandomZoom`).
@@ -19,6 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from .describer import describe_mask
+from .modeling.laterality_tmca import swap_laterality
+from .report_folders import parse_qata_report
 
 
 class BatchedRandomZoom:
@@ -178,6 +184,105 @@ class BatchedAppearance:
         return (unit - mean) / std, masks
 
 
+HALVES = ("left", "right")  # the image's halves as the training reports name them: left is x < W / 2
+
+
+def _one_half(mask: np.ndarray, side: str) -> np.ndarray:
+    """The mask's lesion in one half of the image (the other half cleared)."""
+    kept = np.zeros_like(mask)
+    half = mask.shape[-1] // 2
+    columns = slice(None, half) if side == "left" else slice(half, None)
+    kept[:, columns] = mask[:, columns]
+    return kept
+
+
+def _names_one_side(report: str) -> str | None:
+    """The side a unilateral QaTa-COV19-style report names, else None."""
+    parsed = parse_qata_report(report)
+    return parsed.sides[0] if parsed is not None and parsed.laterality == "unilateral" and len(parsed.sides) == 1 else None
+
+
+class SideConditioning:
+    """
+    Report-conditioned targets: pairs whose report names one side and whose target keeps only the lesion on that
+    side. The original pairs never contradict the image, so a model can ignore the words and segment every visible
+    lesion; these pairs make the side a report names decide the mask. For each example, drawn per epoch:
+
+    - an image with lesion on both halves becomes, with probability `one_side`, the report the describer
+      ([`~tmca_hf.describer.describe_mask`]) writes for the lesion of one half (either, evenly), with that half's
+      lesion as its target;
+    - an image with a unilateral report becomes, with probability `swapped_side`, its report with left and right
+      swapped ([`swap_laterality`]), with the lesion on the half it now names as its target (none, or what the
+      annotators drew across the midline).
+
+    The other examples, and the rest of the time these, keep their own pair, so the validation protocol still holds.
+    Halves are the image's (left = x < W / 2), as the training reports name them. [`DecodedSplit`] applies it before
+    its augmentations (the zoom moves target and image together) and tokenises and caches the reports it writes
+    with the split's. Like [`BatchedRandomZoom`], the draws are a pure function of (seed, epoch, example index).
+    """
+
+    def __init__(self, seed: int, one_side: float = 0.0, swapped_side: float = 0.0):
+        for name, value in (("one_side", one_side), ("swapped_side", swapped_side)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must lie in [0, 1] (the share of eligible examples changed per epoch).")
+        self.seed, self.one_side, self.swapped_side, self.device = seed, one_side, swapped_side, torch.device("cpu")
+        self.alternatives = self.probability = None
+
+    def prepare(self, labels: torch.Tensor, reports: list, report_ids: torch.Tensor) -> list:
+        """
+        Find each example's one-side pairs. labels (N, H, W), `reports` the split's distinct reports, report_ids (N,)
+        into them. Returns `reports` followed by the reports it writes; sets `alternatives` (N, 2), the report index
+        of the left-only and the right-only pair (-1: none), and `probability` (N,), each example's chance per epoch.
+        """
+        reports = list(reports)
+        position = {report: index for index, report in enumerate(reports)}
+
+        def index_of(report: str) -> int:
+            if report not in position:
+                position[report] = len(reports)
+                reports.append(report)
+            return position[report]
+
+        alternatives = torch.full((len(labels), 2), -1, dtype=torch.long)
+        probability = torch.zeros(len(labels))
+        for index, (mask, report_id) in enumerate(zip(labels.cpu().numpy(), report_ids.tolist())):
+            described = [describe_mask(_one_half(mask, side)) for side in HALVES]
+            if all(_names_one_side(report) == side for report, side in zip(described, HALVES)):
+                alternatives[index] = torch.tensor([index_of(report) for report in described])
+                probability[index] = self.one_side
+            elif (named := _names_one_side(reports[report_id])) is not None:
+                other = 1 - HALVES.index(named)
+                alternatives[index, other] = index_of(swap_laterality(reports[report_id]))
+                probability[index] = self.swapped_side
+        self.alternatives, self.probability = alternatives.to(self.device), probability.to(self.device)
+        self.set_epoch(0)
+        return reports
+
+    def set_epoch(self, epoch: int):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 900_000)
+        self.draws = torch.rand(len(self.probability), 2, generator=generator).to(self.device)  # on/off, side
+
+    def to(self, device):
+        self.device = torch.device(device)
+        if self.alternatives is not None:
+            self.alternatives, self.probability, self.draws = (
+                self.alternatives.to(self.device), self.probability.to(self.device), self.draws.to(self.device)
+            )
+        return self
+
+    def __call__(self, labels: torch.Tensor, report_ids: torch.Tensor, indices: torch.Tensor):
+        """labels (B, H, W), report_ids (B,), indices (B,) example indices -> the batch's targets and report ids."""
+        draws, alternatives = self.draws[indices], self.alternatives[indices]
+        both = (alternatives >= 0).all(1)
+        side = torch.where(both, (draws[:, 1] >= 0.5).long(), (alternatives[:, 1] >= 0).long())  # 0 left, 1 right
+        on = draws[:, 0] < self.probability[indices]
+        columns = torch.arange(labels.shape[-1], device=labels.device)
+        keep = torch.where(side[:, None] == 0, columns < labels.shape[-1] // 2, columns >= labels.shape[-1] // 2)
+        labels = torch.where(on[:, None, None], labels * keep[:, None, :], labels)
+        report_ids = torch.where(on, alternatives.gather(1, side[:, None])[:, 0], report_ids)
+        return labels, report_ids
+
+
 class DecodedSplit(Dataset):
     """
     A dataset split decoded once by the model's processor and kept as tensors: `pixel_values` (N, C, H, W) float32,
@@ -193,21 +298,28 @@ class DecodedSplit(Dataset):
         augment (sequence of batch augmentations, *optional*): [`BatchedRandomZoom`], [`BatchedAppearance`], ...,
             applied in order to every batch `collate` builds.
         num_workers (`int`, defaults to 0): processes that decode the split (once).
+        side_conditioning ([`SideConditioning`], *optional*): one-side report pairs, drawn before `augment`; the
+            reports it writes join `reports`.
     """
 
-    def __init__(self, dataset, processor, text_column: str = "text", augment=None, num_workers: int = 0):
+    def __init__(
+        self, dataset, processor, text_column: str = "text", augment=None, num_workers: int = 0, side_conditioning=None
+    ):
         missing = [name for name in ("image", "mask", text_column) if name not in dataset.column_names]
         if missing:
             raise KeyError(f"The dataset lacks the columns {missing} (it has {dataset.column_names}).")
         self.augment = list(augment or [])
+        self.side_conditioning = side_conditioning
+        self.pixel_values, self.labels = self._decode(dataset.select_columns(["image", "mask"]), processor, num_workers)
         texts = dataset[text_column]
         self.reports = list(dict.fromkeys(texts))
         position = {report: index for index, report in enumerate(self.reports)}
         self.report_ids = torch.tensor([position[text] for text in texts])
+        if side_conditioning is not None:
+            self.reports = side_conditioning.prepare(self.labels, self.reports, self.report_ids)
         tokens = processor.encode_reports(self.reports)
         self.report_input_ids, self.report_attention_mask = tokens["input_ids"], tokens["attention_mask"]
         self.report_hidden_states = None
-        self.pixel_values, self.labels = self._decode(dataset.select_columns(["image", "mask"]), processor, num_workers)
 
     @staticmethod
     def _decode(dataset, processor, num_workers: int):
@@ -236,6 +348,8 @@ class DecodedSplit(Dataset):
             setattr(self, name, getattr(self, name).to(device))
         for augmentation in self.augment:
             augmentation.to(device)
+        if self.side_conditioning is not None:
+            self.side_conditioning.to(device)
         return self
 
     def cache_report_states(self, model, batch_size: int = 256):
@@ -256,6 +370,8 @@ class DecodedSplit(Dataset):
     def set_epoch(self, epoch: int):
         for augmentation in self.augment:
             augmentation.set_epoch(epoch)
+        if self.side_conditioning is not None:
+            self.side_conditioning.set_epoch(epoch)
 
     def collate(self, indices: list) -> dict:
         host_index = index = torch.tensor(indices)
@@ -263,9 +379,11 @@ class DecodedSplit(Dataset):
             index = index.pin_memory().to(self.labels.device, non_blocking=True)
         pixel_values = self.pixel_values[index].float()
         labels = self.labels[index].float()
+        reports = self.report_ids[index]
+        if self.side_conditioning is not None:
+            labels, reports = self.side_conditioning(labels, reports, host_index)
         for augmentation in self.augment:  # their draws are looked up by the host-side indices
             pixel_values, labels = augmentation(pixel_values, labels, host_index)
-        reports = self.report_ids[index]
         batch = {
             "pixel_values": pixel_values.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last),
             "input_ids": self.report_input_ids[reports],
@@ -375,4 +493,6 @@ class TmcaSegmentationCollator:
         return batch
 
 
-__all__ = ["BatchedAppearance", "BatchedRandomZoom", "DecodedSplit", "RandomZoom", "TmcaSegmentationCollator"]
+__all__ = [
+    "BatchedAppearance", "BatchedRandomZoom", "DecodedSplit", "RandomZoom", "SideConditioning", "TmcaSegmentationCollator"
+]

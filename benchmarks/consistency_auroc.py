@@ -20,6 +20,9 @@ class-balanced logistic loss, float64): own reports are positives, (a), (b) and 
 half the loss (a prior of 0.5 that a given report matches). It is written into the model folder's config.json with
 `config.save_pretrained` (the weights are not touched).
 
+When it writes into the model folder (--fit_split, --calibrate), the printed line is also kept there as
+`consistency_auroc.json`, which the Space shows beside the score.
+
     python benchmarks/consistency_auroc.py --model FOLDER --dataset ../shared/data/qata_cov19 --split validation \
         [--max_samples N] [--calibrate]
 
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tmca_hf import TmcaConfig, TmcaForImageSegmentation, TmcaProcessor  # noqa: E402
 from tmca_hf.data import load_split, normalize_split_name  # noqa: E402
 from tmca_hf.evaluation import normalise_report  # noqa: E402
+from tmca_hf.fit_checks import CONSISTENCY_AUROC_FILE, write_record  # noqa: E402
 from tmca_hf.hub import save_release  # noqa: E402
 from tmca_hf.modeling.laterality_tmca import swap_laterality  # noqa: E402
 from tmca_hf.report_matching import (  # noqa: E402
@@ -220,6 +224,8 @@ def main(argv=None) -> int:
     if fitted:
         result["report_matching_fit"] = fitted
     result["seconds"] = round(time.perf_counter() - started, 1)
+    if args.calibrate or fitted:  # the folder's score changed: keep what it measured beside it, for the Space
+        write_record(args.model, CONSISTENCY_AUROC_FILE, result)
     print(json.dumps(result))
     return 0
 

@@ -11,7 +11,7 @@ dataset, 32 crops of scikit-learn's two sample photos (china.jpg, flower.jpg), a
 noise. Prints one JSON line: the threshold, the share of the in-distribution split flagged (goal <= 1 %), and the
 AUROC between the in-distribution split and each kind of other image (goal >= 0.99; scipy's Mann-Whitney U / n1 n2).
 With --write, the statistics and `config.ood_threshold` are saved into the model folder (`tmca_hf.hub.save_release`:
-16-bit weights, the rest of the folder kept).
+16-bit weights, the rest of the folder kept) and the printed line kept beside them as `ood_auroc.json`.
 """
 
 import argparse
@@ -23,6 +23,7 @@ from PIL import Image
 from scipy.stats import mannwhitneyu
 
 from tmca_hf.data import load_split
+from tmca_hf.fit_checks import OOD_AUROC_FILE, write_record
 from tmca_hf.hub import save_release
 from tmca_hf.image_checks import fit_image_statistics
 from tmca_hf.inference import load_model
@@ -99,6 +100,7 @@ def main():
                         "median_score": round(float(np.median(scores)), 3)}
     if args.write:
         save_release(model, processor, args.model)
+        write_record(args.model, OOD_AUROC_FILE, result)  # what the Space shows beside the check
     print(json.dumps(result))
 
 

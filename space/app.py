@@ -49,8 +49,14 @@ from PIL import Image, ImageChops, ImageFilter  # noqa: E402
 
 from tmca_hf.data import load_tmca_dataset  # noqa: E402
 from tmca_hf.describer import CHEST_XRAY_ZONES, SIDES, number_word, qata_report  # noqa: E402
+from tmca_hf.fit_checks import (  # noqa: E402
+    CONSISTENCY_AUROC_FILE,
+    OOD_AUROC_FILE,
+    image_fit_note,
+    report_fit_note,
+    report_may_not_fit,
+)
 from tmca_hf.inference import (  # noqa: E402
-    CONSISTENCY_WARNING,
     ReportError,
     check_report,
     check_threshold,
@@ -81,7 +87,6 @@ HEATMAP_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NUL and friends; tab and newlines are kept
 # Datasets whose reports are QaTa-COV19's sentences (LViT's annotations): the chest X-ray models the picker writes for.
 QATA_STYLE_DATASETS = ("qatacov19",)  # as `_key` spells them
-CONSISTENCY_AUROC_FILE = "consistency_auroc.json"  # the JSON line benchmarks/consistency_auroc.py prints, kept beside the model
 TEXT_MODES = {"report": "with its report", "shuffled": "with another image's report (shuffled)",
               "empty": "with no report (empty)"}  # the rows of the model card's results table
 HOW_TO_GET_A_MODEL = (
@@ -112,6 +117,7 @@ class LoadedModel:
     trained_on: tuple  # dataset names, e.g. ("QaTa-COV19", "qata_cov19")
     validation: tuple = ()  # `Result`s, the model card's rows: its report, another image's ("shuffled"), none ("empty")
     consistency_auroc: Optional[dict] = None  # what benchmarks/consistency_auroc.py measured, when the folder keeps it
+    ood_auroc: Optional[dict] = None  # what benchmarks/ood_auroc.py measured, when the folder keeps it
 
     @property
     def text_free(self) -> bool:
@@ -121,6 +127,11 @@ class LoadedModel:
     def chest_xray(self) -> bool:
         """Trained on QaTa-COV19-style reports: the report picker writes those."""
         return any(_key(name) in QATA_STYLE_DATASETS for name in self.trained_on)
+
+    @property
+    def image_kind(self) -> str:
+        """What the training images were, in words."""
+        return "chest X-rays" if self.chest_xray else "images"
 
 
 MODEL: Union[LoadedModel, str, None] = None  # the loaded model, or why there is none; set once by `load`
@@ -171,19 +182,35 @@ def _card_results(text: str) -> list:
     return results
 
 
-def _consistency_auroc(name: str) -> Optional[dict]:
-    """What `benchmarks/consistency_auroc.py` printed for this model, when its JSON line is kept in the model folder
-    as consistency_auroc.json (`... > MODEL/consistency_auroc.json`); None when the folder does not record it."""
-    if (path := _model_file(name, CONSISTENCY_AUROC_FILE)) is None:
+def _auroc(value) -> bool:
+    return isinstance(value, (int, float)) and 0 <= value <= 1
+
+
+def _check_consistency_record(record: dict):
+    if not all(_auroc(record.get(key)) for key in ("auroc_a", "auroc_b")):
+        raise ValueError("auroc_a and auroc_b must be numbers in [0, 1]")
+    int(record["num_images"])
+
+
+def _check_ood_record(record: dict):
+    aurocs = [entry.get("auroc") for entry in record.values() if isinstance(entry, dict) and "auroc" in entry]
+    if not aurocs or not all(map(_auroc, aurocs)):
+        raise ValueError("each kind of other image needs an auroc in [0, 1]")
+    float(record["in_distribution"]["flagged_share"])
+
+
+def _kept_record(name: str, filename: str, check) -> Optional[dict]:
+    """What a benchmark printed for this model, when its JSON line is kept in the model folder as `filename`
+    (`benchmarks/consistency_auroc.py` and `benchmarks/ood_auroc.py` keep it when they write the model); None when
+    the folder does not record it or the file is not what the benchmark prints (logged)."""
+    if (path := _model_file(name, filename)) is None:
         return None
     try:
         record = json.loads(path.read_text())
-        if not all(isinstance(record.get(key), (int, float)) and 0 <= record[key] <= 1 for key in ("auroc_a", "auroc_b")):
-            raise ValueError("auroc_a and auroc_b must be numbers in [0, 1]")
-        int(record["num_images"])
+        check(record)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
-        logger.warning("%s: %s is not what benchmarks/consistency_auroc.py prints (%s); the app does not show it",
-                       name, CONSISTENCY_AUROC_FILE, error)
+        logger.warning("%s: %s is not what benchmarks/%s.py prints (%s); the app does not show it",
+                       name, filename, Path(filename).stem, error)
         return None
     return record
 
@@ -210,7 +237,8 @@ def model_facts(name: str) -> tuple:
     names = {}
     for dataset in filter(None, trained_on):
         names.setdefault(_key(dataset), dataset)  # one spelling per dataset: "QaTa-COV19" and "qata_cov19" are one
-    return tuple(names.values()), tuple(results or card_results), _consistency_auroc(name)
+    return tuple(names.values()), tuple(results or card_results), _kept_record(
+        name, CONSISTENCY_AUROC_FILE, _check_consistency_record)
 
 
 def load(name: Optional[str] = None) -> Optional[str]:
@@ -231,7 +259,7 @@ def load(name: Optional[str] = None) -> Optional[str]:
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # a card or JSON file that does not parse
         logger.warning("%s: cannot read what the model folder says about the model (%s)", name, error)
         facts = ((), (), None)
-    MODEL = LoadedModel(name, model, processor, *facts)
+    MODEL = LoadedModel(name, model, processor, *facts, ood_auroc=_kept_record(name, OOD_AUROC_FILE, _check_ood_record))
     where = Path(name).expanduser().resolve() if Path(name).expanduser().is_dir() else f"the Hub ({name})"
     logger.info("TMCA model %s loaded from %s on %s; trained on %s", Path(name).name, where,
                 model.device.type.upper(), ", ".join(MODEL.trained_on) or "data its folder does not name")
@@ -267,6 +295,15 @@ def _auroc_line(record: dict) -> str:
             f"{record.get('split', 'validation')} images, `benchmarks/consistency_auroc.py`).")
 
 
+def _ood_line(record: dict) -> str:
+    others = [f"{entry['auroc']:.3f} against {kind.replace('_', ' ')}" for kind, entry in record.items()
+              if isinstance(entry, dict) and "auroc" in entry]
+    return (f"**Is the image one the model knows?** Its image score was measured to set other images apart from the "
+            f"validation images with AUROC {', '.join(others)}, and flags "
+            f"{100 * record['in_distribution']['flagged_share']:.1f} % of the validation images "
+            f"(`benchmarks/ood_auroc.py`).")
+
+
 def describe(loaded: Union[LoadedModel, str, None]) -> str:
     if not isinstance(loaded, LoadedModel):
         return f"> **No model loaded.** {loaded or HOW_TO_GET_A_MODEL}"
@@ -274,6 +311,8 @@ def describe(loaded: Union[LoadedModel, str, None]) -> str:
              f"**Validation Dice** (per image): {_dice_line(loaded.validation) or 'not stated in the model folder'}"]
     if loaded.consistency_auroc:
         lines.append(_auroc_line(loaded.consistency_auroc))
+    if loaded.ood_auroc:
+        lines.append(_ood_line(loaded.ood_auroc))
     return "  \n".join(lines)
 
 
@@ -382,6 +421,14 @@ def _truth(ground_truth, shape: tuple, notes: list) -> Optional[np.ndarray]:
     return truth
 
 
+def _text_free_mask(loaded: LoadedModel, image, prediction, threshold: float) -> Optional[np.ndarray]:
+    """Where the model finds lesion without the report, when the report may not fit (a second pass, only then) and
+    the model segments text-free; else None."""
+    if not report_may_not_fit(prediction.consistency) or not loaded.text_free:
+        return None
+    return predict(loaded.model, loaded.processor, [image.pixels], [None], threshold)[0].mask
+
+
 @_user_errors
 def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour", opacity=0.5, laterality="patient"):
     """
@@ -414,9 +461,11 @@ def segment(image_path, report, threshold=0.5, ground_truth=None, style="contour
     latency_ms = (time.perf_counter() - started) * 1000.0
     notes += checked.notes
     consistency = "" if prediction.consistency is None else f"{prediction.consistency:.2f}"
-    if prediction.consistency is not None and prediction.consistency < CONSISTENCY_WARNING:
-        notes.append(f"The report may not match the image (consistency {consistency}, below "
-                     f"{CONSISTENCY_WARNING}): check the report, and its side convention.")
+    notes += filter(None, [
+        image_fit_note(prediction.ood_score, loaded.model.config.ood_threshold, loaded.image_kind, loaded.ood_auroc),
+        report_fit_note(checked.text, prediction.consistency, _text_free_mask(loaded, image, prediction, threshold),
+                        laterality or loaded.processor.report_laterality, loaded.consistency_auroc),
+    ])
     truth = _truth(ground_truth, prediction.mask.shape, notes)
     dice = ""
     if truth is not None:

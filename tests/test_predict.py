@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, save_tiny_model
+import torch
+from conftest import REPO_ROOT, save_tiny_model, tiny_config, tiny_processor
 from PIL import Image
 
+from tmca_hf import TmcaForImageSegmentation
+from tmca_hf.image_checks import fit_image_statistics
 from tmca_hf.modeling.imaging_tmca import ImageReadError, read_image
 from tmca_hf.predict import main
 
@@ -491,10 +494,10 @@ def test_predict_takes_a_single_image_file(model_dir, image_folder, tmp_path):
 def test_predict_closes_with_the_images_that_need_a_look(model_dir, image_folder, tmp_path, capsys, monkeypatch):
     """Low-consistency (below the Space's warning) and text-free predictions are named at the end, not only in
     summary.json."""
-    import tmca_hf.predict as predict
+    import tmca_hf.fit_checks as fit_checks
 
     images, reports = image_folder
-    monkeypatch.setattr(predict, "CONSISTENCY_WARNING", 1.01)  # every report "may not match": all are named
+    monkeypatch.setattr(fit_checks, "CONSISTENCY_WARNING", 1.01)  # every report "may not match": all are named
     assert _run(model_dir, images, reports, tmp_path / "out") == 0
     err = capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -505,3 +508,24 @@ def test_predict_closes_with_the_images_that_need_a_look(model_dir, image_folder
         e["consistency"] for e in summary["images"] if e["file"] == name))
     assert "2 image(s) whose report may not match (consistency below 1.01" in err
     assert all(f"{entry['file']} ({entry['consistency']:.2f})" in err for entry in flagged)
+
+
+@pytest.mark.parametrize("threshold, flagged", [(1e-9, ["case_a.png", "case_b.png", "case_c.dcm"]), (1e9, [])])
+def test_predict_names_the_images_unlike_the_training_images(tmp_path, image_folder, capsys, threshold, flagged):
+    """Images whose ood_score is above config.ood_threshold are listed in summary.json and at the end."""
+    torch.manual_seed(0)
+    model, processor = TmcaForImageSegmentation(tiny_config(text_dropout=0.2)).eval(), tiny_processor()
+    fit_image_statistics(model, processor, [Image.fromarray(gradient(32 + 4 * i, 40).astype(np.uint8)) for i in range(4)])
+    model.config.ood_threshold = threshold
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    model = tmp_path / "model"
+    images, reports = image_folder
+    assert _run(model, images, reports, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["ood_threshold"] == threshold
+    assert all(entry["ood_score"] > 0 for entry in summary["images"])
+    assert sorted(entry["file"] for entry in summary["unfamiliar_images"]) == flagged
+    assert [entry["unfamiliar"] for entry in summary["images"]] == [bool(flagged)] * 3
+    assert ("3 image(s) unlike the images the model was trained on" in err) == bool(flagged)

@@ -1,6 +1,7 @@
 """The Gradio Space (space/app.py) at three depths: its functions, the launched server answered by gradio_client (good,
 concurrent and bad requests, a full queue), and a real browser (Debian chromium driven by playwright)."""
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -18,6 +19,7 @@ from conftest import REPO_ROOT, SHARED_DATA, save_tiny_model
 from PIL import Image, ImageFilter
 from test_predict import png_bytes, png_header_only, write_dicom, write_format_zoo
 
+from tmca_hf import fit_checks
 from tmca_hf.model_card import write_model_card
 
 
@@ -307,8 +309,8 @@ def test_segment_reports(app, tmp_path, monkeypatch):
     as_image = app.segment(str(path), "one infected area, lower left lung.", 0.5, None, "contour", 0.5, "image")
     assert as_patient[7] != as_image[7] and 0 <= float(as_image[7]) <= 1  # "left" became "right" for the model
     assert f"The report matches the image: {as_image[7]}" in as_image[-1]
-    monkeypatch.setattr(app, "CONSISTENCY_WARNING", 1.01)
-    assert "may not match the image" in app.segment(str(path), "lower left lung.", 0.5)[-1]
+    monkeypatch.setattr(fit_checks, "CONSISTENCY_WARNING", 1.01)
+    assert "The report may not fit this image (report-matching score" in app.segment(str(path), "lower left lung.", 0.5)[-1]
     assert app.segment(str(path), "", 0.5)[7] == ""  # no report, nothing to compare
     monkeypatch.setattr(app.MODEL.model.config, "text_dropout", 0.0)  # now a model that needs a report
     with pytest.raises(gr.Error, match="The report is empty, and this model needs one"):
@@ -317,6 +319,24 @@ def test_segment_reports(app, tmp_path, monkeypatch):
         app.segment(str(path), REPORT, 1.5)
     with pytest.raises(gr.Error, match="Upload an image first"):
         app.segment(None, REPORT, 0.5)
+
+
+def test_segment_says_when_the_image_is_unlike_the_training_images(app, tmp_path, monkeypatch):
+    """Issue 16 item 4: above config.ood_threshold the notes say so in words, with the kept ood_auroc.json figures."""
+    from tmca_hf.image_checks import fit_image_statistics
+
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (80, 64), dtype=np.uint8)).save(path)
+    model = app.MODEL.model
+    fit_image_statistics(model, app.MODEL.processor, [Image.open(path), Image.open(path).rotate(90)])
+    assert "does not look like" not in app.segment(str(path), REPORT, 0.5)[-1], "no threshold, no check"
+    monkeypatch.setattr(model.config, "ood_threshold", 1e-9)
+    notes = app.segment(str(path), REPORT, 0.5)[-1]
+    assert "This image does not look like the chest X-rays this model was trained on (image score" in notes
+    record = {"in_distribution": {"flagged_share": 0.0063}, "uniform_noise": {"images": 64, "auroc": 1.0}}
+    monkeypatch.setattr(app, "MODEL", dataclasses.replace(app.MODEL, ood_auroc=record))
+    assert "AUROC 1.000 (uniform noise); it flags 0.6 % of the validation images" in app.segment(str(path), REPORT, 0.5)[-1]
+    assert "AUROC 1.000 against uniform noise, and flags 0.6 %" in app.describe(app.MODEL)
 
 
 @pytest.mark.parametrize("case", [

@@ -16,7 +16,6 @@ from transformers import AutoModel, AutoProcessor
 
 # The trained model this repository releases (present in a clone of it; the default of tmca-predict and the Space).
 RELEASED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tmca-qata-cov19"
-CONSISTENCY_WARNING = 0.5  # below this, applications warn that the report may not match the image
 
 # A report is tokenised only this many characters per model token when counting what is cut (long reports are cheap).
 _CHARS_PER_TOKEN_CHECKED = 64
@@ -39,12 +38,16 @@ class CheckedReport:
 class Prediction:
     """
     A binary mask at the image's original size, the model's alignment maps (stride -> (h, w) in [0, 1]) and the
-    report-image consistency (`outputs.consistency`: None without a report or for a model without alignment levels).
+    report-image consistency (`outputs.consistency`: None without a report or for a model without alignment levels)
+    and how unlike the training images the image is (`outputs.ood_score`: None for a model without
+    `config.ood_threshold`; above it, `unfamiliar`).
     """
 
     mask: np.ndarray  # (H, W) bool
     alignment_maps: dict  # {stride: (h_s, w_s) float32}
     consistency: Optional[float] = None
+    ood_score: Optional[float] = None
+    unfamiliar: bool = False
 
     @property
     def lesion_pixels(self) -> int:
@@ -179,13 +182,17 @@ def predict(
         masks = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, threshold=threshold)
         maps = outputs.alignment_maps or ()
         consistency = getattr(outputs, "consistency", None)  # models saved before the score have no such output
+        ood_scores = getattr(outputs, "ood_score", None)
         for position, index in enumerate(indices):
+            ood_score = None if ood_scores is None else round(float(ood_scores[position]), 4)
             predictions[index] = Prediction(
                 mask=masks[position].cpu().numpy().astype(bool),
                 alignment_maps={
                     stride: level_map[position, 0].float().cpu().numpy() for stride, level_map in zip(levels, maps)
                 },
                 consistency=None if consistency is None else round(float(consistency[position]), 4),
+                ood_score=ood_score,
+                unfamiliar=ood_score is not None and ood_score > model.config.ood_threshold,
             )
     return predictions
 

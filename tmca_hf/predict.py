@@ -47,8 +47,8 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
+from . import fit_checks
 from .inference import (
-    CONSISTENCY_WARNING,
     RELEASED_MODEL,
     ReportError,
     check_report,
@@ -175,6 +175,7 @@ def run(args) -> int:
                         "height": height, "width": width, "lesion_pixels": prediction.lesion_pixels,
                         "area_fraction": round(prediction.area_fraction, 6),
                         "consistency": prediction.consistency,
+                        "ood_score": prediction.ood_score, "unfamiliar": prediction.unfamiliar,
                     })
             progress.update(len(items[start : start + args.batch_size]))
 
@@ -195,7 +196,11 @@ def run(args) -> int:
         "low_consistency": [
             {"file": result["file"], "consistency": result["consistency"]} for result in flagged_consistency(results)
         ],
-        "consistency_warning_below": CONSISTENCY_WARNING,
+        "consistency_warning_below": fit_checks.CONSISTENCY_WARNING,
+        "unfamiliar_images": [
+            {"file": result["file"], "ood_score": result["ood_score"]} for result in results if result["unfamiliar"]
+        ],
+        "ood_threshold": model.config.ood_threshold,
         "text_free": [result["file"] for result in results if result["text_free"]],
         "totals": {
             "images": len(results),
@@ -224,22 +229,27 @@ def run(args) -> int:
 
 
 def flagged_consistency(results: list) -> list:
-    """The results whose report may not match the image: consistency below `CONSISTENCY_WARNING` (lowest first)."""
-    low = [r for r in results if r["consistency"] is not None and r["consistency"] < CONSISTENCY_WARNING]
+    """The results whose report may not fit the image (`fit_checks.report_may_not_fit`), lowest consistency first."""
+    low = [result for result in results if fit_checks.report_may_not_fit(result["consistency"])]
     return sorted(low, key=lambda result: result["consistency"])
 
 
 def print_closing_summary(summary: dict) -> None:
-    """What needs a look, named, on stderr: reports that may not match their image, text-free predictions, report
-    files that named no image and files left unused (all of them in summary.json too)."""
+    """What needs a look, named, on stderr: images unlike the training images, reports that may not match their
+    image, text-free predictions, report files that named no image and files left unused (all of them in
+    summary.json too)."""
     def named(entries) -> str:
         entries = list(entries)
         return ", ".join(entries[:10]) + (f" and {len(entries) - 10} more" if len(entries) > 10 else "")
 
     lines = []
+    if summary["unfamiliar_images"]:
+        lines.append(f"{len(summary['unfamiliar_images'])} image(s) unlike the images the model was trained on "
+                     f"(ood_score above {summary['ood_threshold']:.1f}; their masks may mean nothing): "
+                     + named(f"{entry['file']} ({entry['ood_score']:.1f})" for entry in summary["unfamiliar_images"]))
     if summary["low_consistency"]:
         lines.append(f"{len(summary['low_consistency'])} image(s) whose report may not match (consistency below "
-                     f"{CONSISTENCY_WARNING}; check the report and --laterality): "
+                     f"{fit_checks.CONSISTENCY_WARNING}; check the report and --laterality): "
                      + named(f"{entry['file']} ({entry['consistency']:.2f})" for entry in summary["low_consistency"]))
     if summary["text_free"]:
         lines.append(f"{len(summary['text_free'])} image(s) segmented without a report (text-free, less reliable): "

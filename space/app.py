@@ -53,6 +53,7 @@ from tmca_hf.fit_checks import (  # noqa: E402
     CONSISTENCY_AUROC_FILE,
     OOD_AUROC_FILE,
     image_fit_note,
+    ood_aurocs,
     report_fit_note,
     report_may_not_fit,
 )
@@ -193,7 +194,7 @@ def _check_consistency_record(record: dict):
 
 
 def _check_ood_record(record: dict):
-    aurocs = [entry.get("auroc") for entry in record.values() if isinstance(entry, dict) and "auroc" in entry]
+    aurocs = ood_aurocs(record).values()
     if not aurocs or not all(map(_auroc, aurocs)):
         raise ValueError("each kind of other image needs an auroc in [0, 1]")
     float(record["in_distribution"]["flagged_share"])
@@ -296,8 +297,7 @@ def _auroc_line(record: dict) -> str:
 
 
 def _ood_line(record: dict) -> str:
-    others = [f"{entry['auroc']:.3f} against {kind.replace('_', ' ')}" for kind, entry in record.items()
-              if isinstance(entry, dict) and "auroc" in entry]
+    others = [f"{auroc:.3f} against {kind.replace('_', ' ')}" for kind, auroc in ood_aurocs(record).items()]
     return (f"**Is the image one the model knows?** Its image score was measured to set other images apart from the "
             f"validation images with AUROC {', '.join(others)}, and flags "
             f"{100 * record['in_distribution']['flagged_share']:.1f} % of the validation images "

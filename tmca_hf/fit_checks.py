@@ -45,6 +45,11 @@ def lesion_sides(mask: np.ndarray, convention: str) -> tuple:
     return _sides(describe_mask(mask, convention=convention))
 
 
+def ood_aurocs(record: dict) -> dict:
+    """{kind of other image: AUROC} from the line benchmarks/ood_auroc.py prints (ood_auroc.json)."""
+    return {kind: entry["auroc"] for kind, entry in record.items() if isinstance(entry, dict) and "auroc" in entry}
+
+
 def _lungs(sides: tuple) -> str:
     return "both lungs" if len(sides) == 2 else f"the {sides[0]} lung"
 
@@ -85,7 +90,7 @@ def image_fit_note(ood_score: Optional[float], threshold: Optional[float], kind:
     note = (f"This image does not look like the {kind} this model was trained on (image score {ood_score:.1f}, above "
             f"{threshold:.1f}): its mask may mean nothing.")
     if record:
-        others = {name: entry["auroc"] for name, entry in record.items() if isinstance(entry, dict) and "auroc" in entry}
+        others = ood_aurocs(record)
         inside = record.get("in_distribution", {})
         note += (" The score sets other images apart from the validation images with AUROC "
                  + ", ".join(f"{auroc:.3f} ({name.replace('_', ' ')})" for name, auroc in others.items())
@@ -95,6 +100,6 @@ def image_fit_note(ood_score: Optional[float], threshold: Optional[float], kind:
 
 
 __all__ = [
-    "CONSISTENCY_AUROC_FILE", "CONSISTENCY_WARNING", "OOD_AUROC_FILE", "image_fit_note", "lesion_sides", "report_fit_note",
+    "CONSISTENCY_AUROC_FILE", "CONSISTENCY_WARNING", "OOD_AUROC_FILE", "image_fit_note", "lesion_sides", "ood_aurocs", "report_fit_note",
     "report_may_not_fit", "write_record",
 ]

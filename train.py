@@ -41,7 +41,7 @@ from tmca_hf.hub import push_folder_to_hub
 from tmca_hf.inference import RELEASED_MODEL
 from tmca_hf.metrics import SegmentationMetrics
 from tmca_hf.model_card import write_model_card
-from tmca_hf.training_data import BatchedAppearance, BatchedRandomZoom, DecodedSplit, SideConditioning
+from tmca_hf.training_data import BatchedAppearance, BatchedRandomZoom, DecodedSplit, JpegStability, SideConditioning
 
 
 logger = get_logger(__name__)
@@ -75,6 +75,9 @@ def parse_args(argv=None):
     data.add_argument("--swapped_side_reports", type=float, default=0.0,
                       help="Share of the images with a unilateral report given, each epoch, that report with left and "
                            "right swapped, with only the lesion on the side it names as the target (SideConditioning).")
+    data.add_argument("--jpeg_stability_weight", type=float, default=0.0,
+                      help="Stability training against JPEG re-saving: the weight of the KL divergence between the "
+                           "predictions on each batch and on its JPEG copy (0: off; doubles the cost of a step).")
     data.add_argument("--preprocessing_num_workers", type=int, default=0,
                       help="Processes that decode each split, once, before training.")
 
@@ -177,6 +180,8 @@ def parse_args(argv=None):
             parser.error(f"{flag} is a share of the training images and must lie in [0, 1], got {value}.")
         if value and args.no_text:
             parser.error(f"{flag} changes reports, and --no_text trains without them: leave one out.")
+    if args.jpeg_stability_weight < 0:
+        parser.error(f"--jpeg_stability_weight must be >= 0 (0 switches it off), got {args.jpeg_stability_weight}.")
     if args.image_size % 32:
         parser.error(f"--image_size must be a multiple of 32 (the backbone's coarsest stride), got {args.image_size}.")
     if args.checkpoint_dir is None:
@@ -297,6 +302,22 @@ def build_optimizer(model, args):
         weight_decay=args.weight_decay,
         **({"fused": True} if args.fused_adamw else {}),
     )
+
+
+def training_step_loss(model, batch, stability, device):
+    """The model's outputs on the batch and the loss to step on: the model's own, plus `stability`'s term (a
+    `JpegStability`, or None) on a JPEG copy of the batch. The copy's forward replays the random state the batch's
+    forward drew from, so both saw the same text dropout and stochastic depth and differ only by the compression."""
+    view = stability.view(batch["pixel_values"]) if stability is not None else None
+    state = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    outputs = model(**batch)
+    if view is None:
+        return outputs, outputs.loss
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+    view_logits = model(**{**batch, "pixel_values": view, "labels": None}).logits
+    return outputs, outputs.loss + stability.loss(outputs.logits, view_logits)
 
 
 def float32_forward(model, accelerator):
@@ -423,6 +444,10 @@ def main(argv=None):
         BatchedRandomZoom(len(train_set), args.seed),
         BatchedAppearance(len(train_set), args.seed, processor.image_processor.image_mean, processor.image_processor.image_std),
     ]
+    stability = None
+    if args.jpeg_stability_weight:
+        image_processor = processor.image_processor
+        stability = JpegStability(args.jpeg_stability_weight, image_processor.image_mean, image_processor.image_std)
     started = time.perf_counter()
     side_conditioning = None
     if args.one_side_reports or args.swapped_side_reports:
@@ -518,8 +543,8 @@ def main(argv=None):
             with accelerator.accumulate(model):
                 if args.torch_compile:
                     torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graphs may reuse the last one's memory
-                outputs = model(**batch)
-                accelerator.backward(outputs.loss)
+                outputs, loss = training_step_loss(model, batch, stability, accelerator.device)
+                accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

@@ -170,6 +170,34 @@ def test_per_epoch_validation_is_float32_under_a_bf16_accelerator():
     assert scores["bf16"][0] == scores["no"][0]
 
 
+def test_the_jpeg_copys_forward_replays_the_batchs_text_dropout_and_adds_the_stability_term():
+    from tmca_hf.training_data import JpegStability
+
+    train_script = load_train_script()
+    split = load_tmca_dataset(SAMPLES, splits=["train"])["train"].select(range(8))
+    decoded = DecodedSplit(split, tiny_processor())
+    torch.manual_seed(0)
+    model = TmcaForImageSegmentation(tiny_config(text_dropout=0.5))  # in train mode, as train.py steps it
+    batch = decoded.collate(list(range(8)))
+
+    class Unchanged(JpegStability):  # a copy equal to the batch: any difference would come from the random draws
+        def view(self, pixel_values):
+            return pixel_values.clone()
+
+    stability = Unchanged(1.0, [0.5] * 3, [0.5] * 3)
+    torch.manual_seed(1)
+    outputs, loss = train_script.training_step_loss(model, batch, stability, torch.device("cpu"))
+    assert loss.item() == pytest.approx(outputs.loss.item(), abs=1e-6), "the same draws: the two predictions are equal"
+    torch.manual_seed(1)
+    plain, _ = train_script.training_step_loss(model, batch, None, torch.device("cpu"))
+    torch.testing.assert_close(plain.logits, outputs.logits)
+    torch.manual_seed(1)
+    jpeg_outputs, with_jpeg = train_script.training_step_loss(
+        model, batch, JpegStability(1.0, [0.5] * 3, [0.5] * 3), torch.device("cpu")
+    )
+    assert with_jpeg.item() > jpeg_outputs.loss.item() + 1e-6, "a real JPEG copy adds a positive divergence"
+
+
 def test_best_per_epoch_dice_equals_the_final_evaluation_of_the_chosen_model(tmp_path):
     # At 224 (QaTa's own size) the model's resolution is each image's original size: both routes must agree exactly.
     finish(launch("--image_size", "224", "--max_train_steps", "4", "--output_dir", str(tmp_path / "run")))

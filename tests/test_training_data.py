@@ -12,6 +12,7 @@ from tmca_hf.training_data import (
     BatchedAppearance,
     BatchedRandomZoom,
     DecodedSplit,
+    JpegStability,
     RandomZoom,
     SideConditioning,
     TmcaSegmentationCollator,
@@ -101,6 +102,26 @@ def test_appearance_draws_depend_on_the_example_and_leave_the_mask_alone():
     torch.testing.assert_close(off(images, masks, torch.arange(4))[0], images)
     with pytest.raises(ValueError, match="jpeg_quality"):
         BatchedAppearance(4, 3, [0.5] * 3, [0.5] * 3, jpeg_quality=(90, 200))
+
+
+def test_jpeg_stability_loss_is_the_weighted_binary_kl_divergence_of_the_two_predictions():
+    stability = JpegStability(2.0, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    logits = torch.tensor([[[[0.0, 2.0]]]])  # p = 0.5 and 0.8808
+    view_logits = torch.tensor([[[[0.0, 0.0]]]])  # q = 0.5 and 0.5
+    # KL(p || q) per pixel: 0 for the first; 0.8808 ln(0.8808 / 0.5) + 0.1192 ln(0.1192 / 0.5) = 0.32781 for the second
+    assert stability.loss(logits, view_logits).item() == pytest.approx(2.0 * 0.32781 / 2, abs=1e-5)
+    assert stability.loss(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="positive"):
+        JpegStability(0.0, [0.5] * 3, [0.5] * 3)
+
+
+def test_jpeg_stability_view_is_the_batch_saved_as_a_jpeg_in_the_processors_normalisation():
+    stability = JpegStability(1.0, image_mean=[0.5] * 3, image_std=[0.5] * 3, jpeg_quality=(80, 80))
+    image = Image.open(next((SAMPLES / "images").glob("*.png"))).convert("L")
+    unit = torch.from_numpy(np.asarray(image, np.float32) / 255)[None, None].expand(1, 3, -1, -1)
+    view = stability.view(unit * 2 - 1)
+    torch.testing.assert_close(view, jpeg_like(unit, torch.tensor([80.0])) * 2 - 1)
+    assert view.shape == unit.shape and not torch.equal(view, unit * 2 - 1)
 
 
 def test_cached_report_states_are_what_the_forward_computes_for_a_model_built_as_train_py_builds_it(sample_split):

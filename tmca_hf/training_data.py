@@ -184,6 +184,44 @@ class BatchedAppearance:
         return (unit - mean) / std, masks
 
 
+class JpegStability:
+    """
+    Stability training (Zheng et al., CVPR 2016) against how an image was saved: the model also predicts a JPEG copy of
+    each training batch (quality uniform in `jpeg_quality`, drawn from the global random state, which a checkpoint
+    restores), and the per-pixel binary KL divergence of that prediction from the batch's own, averaged over pixels
+    and weighted by `weight`, is added to the loss. Augmentation alone (`BatchedAppearance`) teaches that a JPEG is a
+    chest X-ray too; this term asks for the *same* mask, which is what per-image Dice under re-saving measures
+    (`benchmarks/robustness.py`). `train.py --jpeg_stability_weight` switches it on; the copy's forward replays the
+    batch's random draws (text dropout, stochastic depth), so the two predictions differ only by the compression.
+    """
+
+    def __init__(self, weight: float, image_mean, image_std, jpeg_quality=(50, 95)):
+        if weight <= 0:
+            raise ValueError(f"weight={weight} must be positive (leave JpegStability out to switch the term off).")
+        if not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality={jpeg_quality} must satisfy 1 <= min <= max <= 100.")
+        self.weight, self.jpeg_quality = weight, jpeg_quality
+        self.mean = torch.tensor(image_mean, dtype=torch.float32)[None, :, None, None]
+        self.std = torch.tensor(image_std, dtype=torch.float32)[None, :, None, None]
+
+    def view(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) pixels normalised as the processor does -> their JPEG copies, normalised the same way."""
+        quality = torch.randint(self.jpeg_quality[0], self.jpeg_quality[1] + 1, (len(pixel_values),)).float()
+        mean, std = self.mean.to(pixel_values.device), self.std.to(pixel_values.device)
+        unit = (pixel_values.float() * std + mean).clamp(0, 1)
+        compressed = jpeg_like(unit, quality.to(pixel_values.device))
+        return ((compressed - mean) / std).to(pixel_values.dtype).contiguous(memory_format=torch.channels_last)
+
+    def loss(self, logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
+        """`weight` x the mean over pixels of KL(Bernoulli(sigmoid(logits)) || Bernoulli(sigmoid(view_logits)))."""
+        logits, view_logits = logits.float(), view_logits.float()
+        p = logits.sigmoid()
+        divergence = p * (F.logsigmoid(logits) - F.logsigmoid(view_logits)) + (1 - p) * (
+            F.logsigmoid(-logits) - F.logsigmoid(-view_logits)
+        )
+        return self.weight * divergence.mean()
+
+
 HALVES = ("left", "right")  # the image's halves as the training reports name them: left is x < W / 2
 
 
@@ -494,5 +532,6 @@ class TmcaSegmentationCollator:
 
 
 __all__ = [
-    "BatchedAppearance", "BatchedRandomZoom", "DecodedSplit", "RandomZoom", "SideConditioning", "TmcaSegmentationCollator"
+    "BatchedAppearance", "BatchedRandomZoom", "DecodedSplit", "JpegStability", "RandomZoom", "SideConditioning",
+    "TmcaSegmentationCollator",
 ]

@@ -52,6 +52,15 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 SCORE_KEYS = ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")
 
 
+# The flags that set up a new model; a --model_name_or_path model brings its own (its config.json and processor).
+NEW_MODEL_FLAGS = (
+    "image_encoder", "text_encoder", "image_size", "image_mean_std", "max_text_length", "decoder_hidden_sizes",
+    "alignment_levels", "alignment_source", "alignment_position", "cross_attention_init", "no_target_alignment",
+    "no_target_enhancement", "no_text", "text_dropout", "unfreeze_text_encoder", "alignment_weight",
+    "pixel_alignment_weight", "alignment_level_weights", "contrastive_temperature", "pixel_temperature",
+)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -158,6 +167,14 @@ def parse_args(argv=None):
     run.add_argument("--hub_private", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.model_name_or_path:
+        given = [f"--{name}" for name in NEW_MODEL_FLAGS if getattr(args, name) != parser.get_default(name)]
+        if given:
+            parser.error(f"{', '.join(given)} set up a new model, and --model_name_or_path {args.model_name_or_path} "
+                         f"brings its own (its config.json and processor): leave them out.")
+        for name in NEW_MODEL_FLAGS:
+            setattr(args, name, None)  # so training_args.json says they came with the model, not what their defaults are
+
     if len(set(args.dataset)) < len(args.dataset):
         parser.error(f"--dataset names a source twice: {args.dataset}.")
     names = [dataset_name(source) for source in args.dataset]
@@ -168,7 +185,8 @@ def parse_args(argv=None):
         if value and not torch.cuda.is_available():
             parser.error(f"{flag} is part of the CUDA fast path and this machine has no CUDA device; leave it out "
                          f"(on a CPU the eager path is the one that is tested and measured).")
-    args.alignment_levels = [] if args.alignment_levels in ([], ["none"]) else [int(s) for s in args.alignment_levels]
+    if args.alignment_levels is not None:
+        args.alignment_levels = [] if args.alignment_levels in ([], ["none"]) else [int(s) for s in args.alignment_levels]
     if args.no_text:
         args.alignment_levels = []
     if args.encoder_learning_rate is None:
@@ -182,7 +200,7 @@ def parse_args(argv=None):
             parser.error(f"{flag} changes reports, and --no_text trains without them: leave one out.")
     if args.jpeg_stability_weight < 0:
         parser.error(f"--jpeg_stability_weight must be >= 0 (0 switches it off), got {args.jpeg_stability_weight}.")
-    if args.image_size % 32:
+    if args.image_size is not None and args.image_size % 32:
         parser.error(f"--image_size must be a multiple of 32 (the backbone's coarsest stride), got {args.image_size}.")
     if args.checkpoint_dir is None:
         args.checkpoint_dir = f"{Path(args.output_dir)}-checkpoints"

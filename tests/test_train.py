@@ -243,6 +243,37 @@ def test_fast_path_and_dataset_flags_are_checked_before_any_work(capsys, flags, 
     assert message in capsys.readouterr().err
 
 
+def test_a_model_to_fine_tune_brings_its_own_architecture_and_the_flags_that_would_set_one_are_refused(capsys):
+    train_script = load_train_script()
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--model_name_or_path", "models/x", "--text_dropout", "0.3", "--image_size", "256"])
+    error = capsys.readouterr().err
+    assert "--image_size, --text_dropout set up a new model" in error and "models/x brings its own" in error
+    args = train_script.parse_args(["--model_name_or_path", "models/x", "--learning_rate", "1e-4"])
+    assert args.text_dropout is None and args.alignment_levels is None and args.image_size is None
+    assert args.learning_rate == 1e-4, "training flags still apply"
+
+
+def test_fine_tuning_a_saved_model_records_that_its_architecture_came_with_it(tmp_path):
+    from conftest import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base", text_dropout=0.2)
+    run_flags = TINY_RUN[:TINY_RUN.index("--image_size")] + TINY_RUN[TINY_RUN.index("--image_size") + 2:]
+    start = run_flags.index("--decoder_hidden_sizes")
+    run_flags = run_flags[:start] + run_flags[start + 5:]  # the saved model brings its size and decoder
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"), *run_flags,
+               "--model_name_or_path", str(base), "--max_train_steps", "1", "--output_dir", str(tmp_path / "tuned")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
+    recorded = json.loads((tmp_path / "tuned" / "training_args.json").read_text())
+    assert recorded["model_name_or_path"] == str(base) and recorded["text_dropout"] is None
+    assert AutoModel.from_pretrained(tmp_path / "tuned").config.text_dropout == 0.2
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert f"--model_name_or_path {base}" in card and "--image_size" not in card
+
+
 def test_one_dataset_keeps_the_single_source_arguments():
     args = load_train_script().parse_args(["--dataset", str(SAMPLES)])
     assert args.dataset == str(SAMPLES) and args.torch_compile is None and not args.fused_adamw

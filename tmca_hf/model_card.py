@@ -53,7 +53,8 @@ def write_model_card(path, template, results: list, training_args: dict,
     card.data.model_name = Path(str(training_args["output_dir"])).name
     arguments = " ".join(
         f"--{key} {value}" for key, value in training_args.items()
-        if key in ("dataset", "num_train_epochs", "image_size", "per_device_train_batch_size", "learning_rate", "seed")
+        if key in ("model_name_or_path", "dataset", "num_train_epochs", "image_size", "per_device_train_batch_size",
+                   "learning_rate", "seed") and value is not None
     )
     block = (
         f"{RESULTS_START}\nMeasured by {measured_by}, on `{dataset_name}` "

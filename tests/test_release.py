@@ -70,9 +70,10 @@ def test_release_loads_offline_through_remote_code_and_segments_validation_sampl
     assert all(dice >= 0.7 for dice in result["dice"].values()), result["dice"]
     # Trained with text dropout, it also segments without a report (the Space and tmca-predict say it is less reliable).
     assert all(dice >= 0.5 for dice in result["dice_without_report"].values()), result["dice_without_report"]
-    # Read as the patient's side (as clinicians write), "left lung" is the image's right: the mask moves across.
+    # Read as the patient's side (as clinicians write), "left lung" is the image's right: the mask moves across
+    # (the release, trained with side-conditioned pairs, follows the named side: 0.96 and 0.0 when this was written).
     shares = result["left_half_share"]
-    assert shares["image"] > 0.5 and shares["patient"] < 0.2, shares
+    assert shares["image"] > 0.9 and shares["patient"] < 0.05, shares
 
 
 def test_readme_snippet_runs_on_the_release_under_inference_mode(tmp_path):

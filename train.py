@@ -86,7 +86,7 @@ def parse_args(argv=None):
                            "right swapped, with only the lesion on the side it names as the target (SideConditioning).")
     data.add_argument("--jpeg_stability_weight", type=float, default=0.0,
                       help="Stability training against JPEG re-saving: the weight of the KL divergence between the "
-                           "predictions on each batch and on its JPEG copy (0: off; doubles the cost of a step).")
+                           "predictions on each batch and on its JPEG copy (0: off; a second forward and backward per step).")
     data.add_argument("--preprocessing_num_workers", type=int, default=0,
                       help="Processes that decode each split, once, before training.")
 

@@ -52,15 +52,6 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 SCORE_KEYS = ("dice_per_image", "iou_per_image", "dice_pooled", "iou_pooled")
 
 
-# The flags that set up a new model; a --model_name_or_path model brings its own (its config.json and processor).
-NEW_MODEL_FLAGS = (
-    "image_encoder", "text_encoder", "image_size", "image_mean_std", "max_text_length", "decoder_hidden_sizes",
-    "alignment_levels", "alignment_source", "alignment_position", "cross_attention_init", "no_target_alignment",
-    "no_target_enhancement", "no_text", "text_dropout", "unfreeze_text_encoder", "alignment_weight",
-    "pixel_alignment_weight", "alignment_level_weights", "contrastive_temperature", "pixel_temperature",
-)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -167,12 +158,14 @@ def parse_args(argv=None):
     run.add_argument("--hub_private", action="store_true")
     args = parser.parse_args(argv)
 
-    if args.model_name_or_path:
-        given = [f"--{name}" for name in NEW_MODEL_FLAGS if getattr(args, name) != parser.get_default(name)]
+    if args.model_name_or_path:  # it brings its own architecture (config.json and processor): the groups' flags set one up
+        new_model_flags = [action.dest for group in (model, ablation) for action in group._group_actions
+                           if action.dest not in ("model_name_or_path", "trust_remote_code")]
+        given = [f"--{name}" for name in new_model_flags if getattr(args, name) != parser.get_default(name)]
         if given:
             parser.error(f"{', '.join(given)} set up a new model, and --model_name_or_path {args.model_name_or_path} "
                          f"brings its own (its config.json and processor): leave them out.")
-        for name in NEW_MODEL_FLAGS:
+        for name in new_model_flags:
             setattr(args, name, None)  # so training_args.json says they came with the model, not what their defaults are
 
     if len(set(args.dataset)) < len(args.dataset):
@@ -326,11 +319,12 @@ def training_step_loss(model, batch, stability, device):
     """The model's outputs on the batch and the loss to step on: the model's own, plus `stability`'s term (a
     `JpegStability`, or None) on a JPEG copy of the batch. The copy's forward replays the random state the batch's
     forward drew from, so both saw the same text dropout and stochastic depth and differ only by the compression."""
-    view = stability.view(batch["pixel_values"]) if stability is not None else None
+    if stability is None:
+        outputs = model(**batch)
+        return outputs, outputs.loss
+    view = stability.view(batch["pixel_values"])
     state = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     outputs = model(**batch)
-    if view is None:
-        return outputs, outputs.loss
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)

@@ -20,11 +20,11 @@ from tmca_hf.training_data import DecodedSplit
 
 
 SAMPLES = REPO_ROOT / "samples" / "qata_cov19"
-TINY_RUN = [
-    "--dataset", str(SAMPLES), "--image_size", "64", "--max_train_samples", "8", "--max_eval_samples", "4",
-    "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4", "--decoder_hidden_sizes", "32", "16", "16", "8",
-    "--final_eval_text_modes", "report", "--seed", "7",
+TINY_DATA_RUN = [
+    "--dataset", str(SAMPLES), "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "2",
+    "--per_device_eval_batch_size", "4", "--final_eval_text_modes", "report", "--seed", "7",
 ]
+TINY_RUN = [*TINY_DATA_RUN, "--image_size", "64", "--decoder_hidden_sizes", "32", "16", "16", "8"]  # a new tiny model
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the repo's sample data is missing at {SAMPLES}")
 
 
@@ -35,7 +35,7 @@ def load_train_script():
     return module
 
 
-def launch(*args, processes=1):
+def launch(*args, processes=1, run=TINY_RUN):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if processes == 1:
         command = ["--cpu", "--num_processes", "1"]
@@ -43,7 +43,7 @@ def launch(*args, processes=1):
         command = ["--multi_gpu", "--num_processes", str(processes)]
         env["ACCELERATE_USE_CPU"] = "true"
     command = [sys.executable, "-m", "accelerate.commands.launch", *command, "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"), *TINY_RUN, *args]
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"), *run, *args]
     return subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -258,15 +258,8 @@ def test_fine_tuning_a_saved_model_records_that_its_architecture_came_with_it(tm
     from conftest import save_tiny_model
 
     base = save_tiny_model(tmp_path / "base", text_dropout=0.2)
-    run_flags = TINY_RUN[:TINY_RUN.index("--image_size")] + TINY_RUN[TINY_RUN.index("--image_size") + 2:]
-    start = run_flags.index("--decoder_hidden_sizes")
-    run_flags = run_flags[:start] + run_flags[start + 5:]  # the saved model brings its size and decoder
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"), *run_flags,
-               "--model_name_or_path", str(base), "--max_train_steps", "1", "--output_dir", str(tmp_path / "tuned")]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
+    finish(launch("--model_name_or_path", str(base), "--max_train_steps", "1", "--output_dir", str(tmp_path / "tuned"),
+                  run=TINY_DATA_RUN))  # the saved model brings its size and decoder
     recorded = json.loads((tmp_path / "tuned" / "training_args.json").read_text())
     assert recorded["model_name_or_path"] == str(base) and recorded["text_dropout"] is None
     assert AutoModel.from_pretrained(tmp_path / "tuned").config.text_dropout == 0.2

@@ -70,6 +70,17 @@ class BatchedRandomZoom:
         return images, masks
 
 
+def _normalisation(image_mean, image_std) -> tuple:
+    """The processor's normalisation as (1, C, 1, 1) float32 tensors (mean, std), to leave and re-enter it around
+    unit-range steps (`BatchedAppearance`, `JpegStability`)."""
+    return tuple(torch.tensor(values, dtype=torch.float32)[None, :, None, None] for values in (image_mean, image_std))
+
+
+def _check_jpeg_quality(jpeg_quality):
+    if not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
+        raise ValueError(f"jpeg_quality={jpeg_quality} must satisfy 1 <= min <= max <= 100.")
+
+
 def _jpeg_luminance_table(quality: torch.Tensor) -> torch.Tensor:
     """The JPEG standard's luminance quantisation table (ITU-T T.81, Annex K) scaled as libjpeg scales it for
     `quality` (B,) in 1..100: (B, 8, 8)."""
@@ -126,13 +137,11 @@ class BatchedAppearance:
     ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p={p} must lie in [0, 1].")
-        if not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
-            raise ValueError(f"jpeg_quality={jpeg_quality} must satisfy 1 <= min <= max <= 100.")
+        _check_jpeg_quality(jpeg_quality)
+        self.mean, self.std = _normalisation(image_mean, image_std)
         self.num_examples, self.seed, self.p = num_examples, seed, p
         self.contrast, self.brightness, self.gamma = contrast, brightness, gamma
         self.max_noise, self.jpeg_quality = max_noise, jpeg_quality
-        self.mean = torch.tensor(image_mean, dtype=torch.float32)[None, :, None, None]
-        self.std = torch.tensor(image_std, dtype=torch.float32)[None, :, None, None]
         self.device = torch.device("cpu")
         self.set_epoch(0)
 
@@ -198,11 +207,9 @@ class JpegStability:
     def __init__(self, weight: float, image_mean, image_std, jpeg_quality=(50, 95)):
         if weight <= 0:
             raise ValueError(f"weight={weight} must be positive (leave JpegStability out to switch the term off).")
-        if not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
-            raise ValueError(f"jpeg_quality={jpeg_quality} must satisfy 1 <= min <= max <= 100.")
+        _check_jpeg_quality(jpeg_quality)
+        self.mean, self.std = _normalisation(image_mean, image_std)
         self.weight, self.jpeg_quality = weight, jpeg_quality
-        self.mean = torch.tensor(image_mean, dtype=torch.float32)[None, :, None, None]
-        self.std = torch.tensor(image_std, dtype=torch.float32)[None, :, None, None]
 
     def view(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) pixels normalised as the processor does -> their JPEG copies, normalised the same way."""
